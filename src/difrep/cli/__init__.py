@@ -1,0 +1,1 @@
+"""The difrep command line."""

@@ -1,0 +1,139 @@
+"""FeatureExtractor: features f(x0, t, b) for many noise steps t and blocks b in one batched pass."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..diffusion import GaussianDiffusion
+from .noise import per_image_noise
+
+
+class FeatureBackbone(Protocol):
+    """What the extractor, cache and heads need of a backbone (ADM U-Net, encoder, others)."""
+
+    diffusion: GaussianDiffusion
+
+    @property
+    def image_size(self) -> int: ...
+
+    def validate_blocks(self, indices: Sequence[int]) -> list[int]: ...
+
+    def forward_intermediates(
+        self, x: torch.Tensor, t: torch.Tensor, indices: Sequence[int], stop_early: bool
+    ) -> dict[int, torch.Tensor]: ...
+
+
+class FeatureExtractor(nn.Module):
+    """Noise images to every requested step t and return the activations after every block b.
+
+    All timesteps (and noise draws) of a batch are folded into one forward, split in chunks of
+    ``chunk_size`` images x steps to bound memory, and the U-Net stops at the deepest block.
+
+    noise: "fixed" draws a deterministic noise per image index (evaluation), "fresh" draws new
+    noise at every call (training). ``num_noise_draws`` > 1 averages features over that many draws.
+    pool: adaptive average pooling of every feature map to pool x pool, or None for full maps.
+    dtype: run the backbone under autocast in this dtype (torch.bfloat16 / torch.float16).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        timesteps: Sequence[int],
+        blocks: Sequence[int],
+        pool: int | tuple[int, int] | None = None,
+        noise: Literal["fixed", "fresh"] = "fixed",
+        num_noise_draws: int = 1,
+        seed: int = 0,
+        chunk_size: int = 32,
+        dtype: torch.dtype | None = None,
+        requires_grad: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        backbone: FeatureBackbone = model  # type: ignore[assignment]
+        if not timesteps or not blocks:
+            raise ValueError("FeatureExtractor needs at least one timestep and one block")
+        self.timesteps = [int(t) for t in backbone.diffusion.validate_timesteps(list(timesteps))]
+        self.blocks = backbone.validate_blocks(list(blocks))
+        if noise not in ("fixed", "fresh"):
+            raise ValueError(f"noise={noise!r}: use 'fixed' (evaluation) or 'fresh' (training)")
+        if num_noise_draws < 1 or chunk_size < 1:
+            raise ValueError("num_noise_draws and chunk_size must be at least 1")
+        self.pool = pool
+        self.noise = noise
+        self.num_noise_draws = num_noise_draws
+        self.seed = seed
+        self.chunk_size = chunk_size
+        self.dtype = dtype
+        self.requires_grad = requires_grad
+        self.eval()
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        size = self.model.image_size
+        if images.ndim != 4 or images.shape[-2:] != (size, size):
+            raise ValueError(
+                f"images must be [N, C, {size}, {size}] for this model, got {tuple(images.shape)}"
+            )
+
+    def _noise(self, images: torch.Tensor, indices: Sequence[int] | None) -> torch.Tensor:
+        n, k = images.shape[0], self.num_noise_draws
+        if self.noise == "fresh":
+            return torch.randn(n, k, *images.shape[1:], device=images.device, dtype=images.dtype)
+        if indices is None:
+            indices = range(n)
+        if len(indices) != n:
+            raise ValueError(f"got {len(indices)} indices for {n} images")
+        return per_image_noise(images.shape[1:], indices, self.seed, k).to(images)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        indices: Sequence[int] | None = None,
+        y: torch.Tensor | None = None,
+    ) -> dict[tuple[int, int], torch.Tensor]:
+        """Features for every (t, b) as float32 tensors [N, C, H, W] (H = W = pool if pooling).
+
+        ``images`` are in [-1, 1]. ``indices`` are the images' positions in their data set; they
+        seed the fixed noise (default 0..N-1, right only when the whole set is one batch).
+        """
+        self._check_images(images)
+        n, steps, draws = images.shape[0], len(self.timesteps), self.num_noise_draws
+        noise = self._noise(images, indices)
+        x0 = images[:, None, None].expand(n, steps, draws, *images.shape[1:])
+        eps = noise[:, None].expand(n, steps, draws, *images.shape[1:])
+        t = torch.tensor(self.timesteps, device=images.device)[None, :, None].expand(n, steps, draws)
+        x0, eps, t = x0.flatten(0, 2), eps.flatten(0, 2), t.flatten()
+        ylab = None if y is None else y[:, None, None].expand(n, steps, draws).flatten()
+
+        grad = contextlib.nullcontext() if self.requires_grad else torch.no_grad()
+        amp = (
+            torch.autocast(images.device.type, dtype=self.dtype)
+            if self.dtype is not None
+            else contextlib.nullcontext()
+        )
+        parts: dict[int, list[torch.Tensor]] = {b: [] for b in self.blocks}
+        diffusion: GaussianDiffusion = self.model.diffusion
+        with grad, amp:
+            for start in range(0, x0.shape[0], self.chunk_size):
+                sl = slice(start, start + self.chunk_size)
+                x_t = diffusion.q_sample(x0[sl], t[sl], eps[sl])
+                kwargs = {} if ylab is None else {"y": ylab[sl]}
+                feats = self.model.forward_intermediates(
+                    x_t, t[sl], indices=self.blocks, stop_early=True, **kwargs
+                )
+                for b, f in feats.items():
+                    if self.pool is not None:
+                        f = F.adaptive_avg_pool2d(f, self.pool)
+                    parts[b].append(f.float())
+        out: dict[tuple[int, int], torch.Tensor] = {}
+        for b, chunks in parts.items():
+            f = torch.cat(chunks).unflatten(0, (n, steps, draws)).mean(dim=2)
+            for i, step in enumerate(self.timesteps):
+                out[(step, b)] = f[:, i]
+        return out

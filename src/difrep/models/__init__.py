@@ -1,0 +1,19 @@
+"""Backbones that expose paper-numbered blocks through ``forward_intermediates``."""
+
+from .adm import ADMConfig, ADMEncoder, ADMEncoderConfig, ADMUNet, BlockInfo
+from .checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from .registry import PRESETS, create_model, list_models
+
+__all__ = [
+    "ADMConfig",
+    "ADMEncoder",
+    "ADMEncoderConfig",
+    "ADMUNet",
+    "BlockInfo",
+    "CheckpointError",
+    "PRESETS",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "read_state_dict",
+]

@@ -1,0 +1,132 @@
+"""``create_model``: one entry point for every backbone, by preset name plus flag overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adm import ADMConfig, ADMEncoder, ADMEncoderConfig, ADMUNet
+from .checkpoint import load_checkpoint
+
+_ADM_256 = dict(
+    image_size=256,
+    num_channels=256,
+    num_res_blocks=2,
+    attention_resolutions="32,16,8",
+    num_head_channels=64,
+    resblock_updown=True,
+    use_scale_shift_norm=True,
+    learn_sigma=True,
+    diffusion_steps=1000,
+    noise_schedule="linear",
+)
+_CLASSIFIER = dict(
+    num_channels=128,
+    num_res_blocks=2,
+    attention_resolutions="32,16,8",
+    num_head_channels=64,
+    resblock_updown=True,
+    use_scale_shift_norm=True,
+    pool="attention",
+    out_channels=1000,
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    config: ADMConfig
+    checkpoint: str
+    description: str
+
+    @property
+    def builder(self) -> type:
+        return ADMEncoder if isinstance(self.config, ADMEncoderConfig) else ADMUNet
+
+
+PRESETS: dict[str, Preset] = {
+    "adm": Preset(ADMConfig(), "", "guided-diffusion's default flags; configure it with overrides"),
+    "adm-256-uncond": Preset(
+        ADMConfig(**_ADM_256), "256x256_diffusion_uncond.pt", "the paper's backbone: ImageNet 256, unconditional"
+    ),
+    "adm-256-cond": Preset(
+        ADMConfig(**_ADM_256, class_cond=True), "256x256_diffusion.pt", "ImageNet 256, class-conditional"
+    ),
+    "adm-64-cond": Preset(
+        ADMConfig(
+            image_size=64, num_channels=192, num_res_blocks=3, attention_resolutions="32,16,8",
+            num_head_channels=64, resblock_updown=True, use_new_attention_order=True,
+            use_scale_shift_norm=True, learn_sigma=True, class_cond=True, dropout=0.1,
+            noise_schedule="cosine",
+        ),
+        "64x64_diffusion.pt",
+        "ImageNet 64, class-conditional (cosine schedule, new attention order)",
+    ),
+    "adm-128-cond": Preset(
+        ADMConfig(
+            image_size=128, num_channels=256, num_res_blocks=2, attention_resolutions="32,16,8",
+            num_heads=4, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True,
+            class_cond=True,
+        ),
+        "128x128_diffusion.pt",
+        "ImageNet 128, class-conditional",
+    ),
+    "adm-512-cond": Preset(
+        ADMConfig(**{**_ADM_256, "image_size": 512}, class_cond=True),
+        "512x512_diffusion.pt",
+        "ImageNet 512, class-conditional",
+    ),
+    "adm-64-classifier": Preset(
+        ADMEncoderConfig(**{**_CLASSIFIER, "num_res_blocks": 4}, image_size=64, noise_schedule="cosine"),
+        "64x64_classifier.pt",
+        "noisy ImageNet classifier (the paper's 'U-Net Encoder'), 64x64",
+    ),
+    **{
+        f"adm-{size}-classifier": Preset(
+            ADMEncoderConfig(**_CLASSIFIER, image_size=size),
+            f"{size}x{size}_classifier.pt",
+            f"noisy ImageNet classifier (the paper's 'U-Net Encoder'), {size}x{size}",
+        )
+        for size in (128, 256, 512)
+    },
+}
+
+
+def list_models() -> list[str]:
+    return sorted(PRESETS)
+
+
+def _config_for(name: str, overrides: dict[str, Any]) -> ADMConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}: available models are {', '.join(list_models())}")
+    base = PRESETS[name].config
+    known = {f.name for f in fields(base)}
+    if "use_fp16" in overrides:
+        raise ValueError(
+            "use_fp16 is a run-time choice in difrep, not a model flag: run under torch.autocast "
+            "or pass dtype=torch.float16 to FeatureExtractor"
+        )
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown flag(s) {unknown} for {name!r}: valid flags are {sorted(known)}")
+    return replace(base, **overrides)
+
+
+def create_model(
+    name: str, checkpoint: str | Path | None = None, **overrides: Any
+) -> ADMUNet | ADMEncoder:
+    """Build a backbone from a preset and guided-diffusion flag overrides, optionally with weights.
+
+    The model is returned in eval mode. With a checkpoint the random initialisation is skipped:
+    the model is built on the meta device and adopts the checkpoint's tensors (as float32).
+    """
+    config = _config_for(name, overrides)
+    builder = PRESETS[name].builder
+    if checkpoint is None:
+        return builder(config).eval()
+    with torch.device("meta"):
+        model = builder(config)
+    load_checkpoint(model, checkpoint, assign=True)
+    return model.eval()
