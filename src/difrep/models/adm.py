@@ -221,11 +221,13 @@ class _ADMTrunk(nn.Module):
         self, t: torch.Tensor | int | Sequence[int], batch: int, y: torch.Tensor | None
     ) -> torch.Tensor:
         t = torch.as_tensor(t, device=self.time_embed[0].weight.device)
+        t = self.diffusion.validate_timesteps(t)
         if t.ndim == 0:
             t = t.expand(batch)
         if t.shape != (batch,):
             raise ValueError(f"timesteps must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-        emb = self.time_embed(timestep_embedding(t, self.config.num_channels))
+        weight = self.time_embed[0].weight
+        emb = self.time_embed(timestep_embedding(t, self.config.num_channels).to(weight.dtype))
         if self.num_classes is not None:
             if y is None:
                 raise ValueError("this model is class-conditional: pass class labels y")

@@ -33,7 +33,9 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(32, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def zero_init(module: nn.Module) -> nn.Module:

@@ -1,0 +1,113 @@
+"""forward_intermediates: stopping early, skip bookkeeping, feedback, errors and precisions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from difrep.models import create_model
+from reference import randomize_
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    model = create_model(
+        "adm", image_size=32, num_channels=32, channel_mult="1,2,2", attention_resolutions="16,8",
+        num_head_channels=8, resblock_updown=True, learn_sigma=True,
+    )
+    return randomize_(model).eval()
+
+
+def _run_counts(model):
+    calls: dict[str, int] = {}
+    for info in model.feature_info:
+        module = model.get_submodule(info.module)
+        module.register_forward_hook(lambda *_a, name=info.module: calls.__setitem__(name, calls.get(name, 0) + 1))
+    model.out.register_forward_hook(lambda *_a: calls.__setitem__("out", calls.get("out", 0) + 1))
+    return calls
+
+
+@pytest.mark.parametrize("deepest", [3, 6, 7, 9, 12])
+def test_stop_early_computes_nothing_after_the_deepest_block(deepest):
+    model = create_model("adm", image_size=32, num_channels=32, channel_mult="1,2,2", num_res_blocks=1)
+    calls = _run_counts(model)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model.forward_intermediates(x, 5, indices=[2, deepest], stop_early=True)
+    ran = {i.index for i in model.feature_info if calls.get(i.module)}
+    assert ran == set(range(1, deepest + 1))
+    assert "out" not in calls
+
+
+def test_stop_early_features_equal_the_full_pass(unet):
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
+    with torch.no_grad():
+        full = unet.forward_intermediates(x, t)
+        early = unet.forward_intermediates(x, t, indices=[19, 14, 8], stop_early=True)
+    assert list(early) == [19, 14, 8], "features come back in the order asked for"
+    for b, f in early.items():
+        torch.testing.assert_close(f, full[b], rtol=0, atol=0)
+
+
+def test_forward_equals_the_output_of_the_full_pass(unet):
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0, 999])
+    with torch.no_grad():
+        eps = unet(x, t)
+        eps2, feats = unet.forward_intermediates(x, t, indices=[1], intermediates_only=False)
+    assert eps.shape == (2, 6, 32, 32)
+    torch.testing.assert_close(eps, eps2, rtol=0, atol=0)
+
+
+def test_feedback_adds_to_an_encoder_block_output(unet):
+    x, t = torch.randn(2, 3, 32, 32), 150
+    target = 5
+    info = unet.feature_info[target - 1]
+    extra = torch.randn(2, info.num_chs, info.resolution, info.resolution)
+    with torch.no_grad():
+        base = unet.forward_intermediates(x, t, indices=[target, target + 1, 14])
+        zero = unet.forward_intermediates(x, t, indices=[14], feedback={target: torch.zeros_like(extra)})
+        fed = unet.forward_intermediates(x, t, indices=[target, 14], feedback={target: extra})
+    torch.testing.assert_close(zero[14], base[14], rtol=0, atol=0)
+    torch.testing.assert_close(fed[target], base[target] + extra)
+    assert not torch.allclose(fed[14], base[14], atol=1e-3), "the addition must reach later blocks"
+    with pytest.raises(ValueError, match="feedback targets must be encoder blocks"):
+        unet.forward_intermediates(x, t, indices=[14], feedback={14: extra})
+
+
+def test_invalid_blocks_and_labels_get_clear_errors(unet):
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"\[0, 99\] do not exist.*valid blocks are 1..19 \(encoder 1..9, middle 10, decoder 11..19\)"):
+        unet.forward_intermediates(x, 1, indices=[0, 5, 99])
+    with pytest.raises(ValueError, match="unconditional"):
+        unet(x, 1, y=torch.tensor([3]))
+    cond = create_model("adm", image_size=32, num_channels=32, channel_mult="1,2", class_cond=True, num_classes=10)
+    with pytest.raises(ValueError, match="class-conditional: pass class labels y"):
+        cond(x, 1)
+    with pytest.raises(ValueError, match=r"timestep\(s\) \[1000\] out of range: valid noise steps are 0..999"):
+        unet(x, 1000)
+    with pytest.raises(ValueError, match="stop_early=True skips the output layer"):
+        unet.forward_intermediates(x, 1, indices=[3], stop_early=True, intermediates_only=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_precisions_track_float32(unet, dtype):
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([90, 300])
+    with torch.no_grad():
+        ref = unet.forward_intermediates(x, t, indices=[8, 15], stop_early=True)
+        with torch.autocast("cpu", dtype=dtype):
+            low = unet.forward_intermediates(x, t, indices=[8, 15], stop_early=True)
+    for b in ref:
+        assert low[b].dtype == dtype
+        rel = (low[b].float() - ref[b]).norm() / ref[b].norm()
+        assert rel < 0.05, f"block {b}: relative error {rel:.3f} in {dtype}"
+
+
+def test_model_cast_to_bfloat16_runs():
+    model = randomize_(create_model("adm", image_size=32, num_channels=32, channel_mult="1,2", num_res_blocks=1))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x, 10)
+        low = model.to(torch.bfloat16)(x.bfloat16(), 10)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).norm() / ref.norm() < 0.05
