@@ -1,0 +1,59 @@
+"""The difrep command line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from difrep.cli.main import main
+from difrep.models import create_model
+from fakes import make_fashion_mnist
+
+
+def _rows(out: str) -> dict[int, list[str]]:
+    return {int(line.split()[0]): line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0].isdigit()}
+
+
+def test_info_prints_the_papers_block_table(capsys):
+    assert main(["info", "adm-256-uncond"]) == 0
+    out = capsys.readouterr().out
+    assert "552.8M parameters, 37 blocks" in out
+    rows = _rows(out)
+    assert sorted(rows) == list(range(1, 38))
+    assert rows[24] == ["24", "decoder", "output_blocks.4", "1024", "16"]
+    assert rows[19] == ["19", "middle", "middle_block", "1024", "8"]
+
+
+def test_info_takes_guided_diffusion_flags(capsys):
+    assert main(["info", "adm", "--image_size", "32", "--num_channels=32", "--channel_mult", "1,2",
+                 "--learn_sigma", "true"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert len(rows) == 13 and rows[7][1] == "middle" and rows[7][3] == "64"
+
+
+def test_info_checks_a_checkpoint(tmp_path, capsys):
+    flags = dict(image_size=32, num_channels=32, channel_mult="1,2")
+    torch.save(create_model("adm", **flags).state_dict(), tmp_path / "m.pt")
+    assert main(["info", "adm", "--image_size", "32", "--num_channels", "32", "--channel_mult", "1,2",
+                 "--checkpoint", str(tmp_path / "m.pt")]) == 0
+    assert "all" in capsys.readouterr().out
+    assert main(["info", "adm", "--image_size", "32", "--num_channels", "64", "--channel_mult", "1,2",
+                 "--checkpoint", str(tmp_path / "m.pt")]) == 2
+    assert "model expects (64, 3, 3, 3)" in capsys.readouterr().err
+
+
+def test_info_lists_presets_and_rejects_bad_flags(capsys):
+    assert main(["info"]) == 0
+    assert "256x256_diffusion_uncond.pt" in capsys.readouterr().out
+    assert main(["info", "adm", "--num_chanels", "3"]) == 2
+    assert "unknown model flag --num_chanels" in capsys.readouterr().err
+    assert main(["info", "adm", "--learn_sigma", "maybe"]) == 2
+    assert "--learn_sigma takes true or false" in capsys.readouterr().err
+
+
+def test_demo_runs_on_idx_files(tmp_path, capsys):
+    make_fashion_mnist(tmp_path, n=4)
+    assert main(["demo", "--data", str(tmp_path), "--images", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped at block 18 of 25" in out
+    assert "(4, 256, 8, 8)" in out  # block 13 (middle) of the 64x64 model: 4x64 channels at 8x8
