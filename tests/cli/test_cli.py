@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
+from fakes import make_fashion_mnist
 
 from difrep.cli.main import main
 from difrep.models import create_model
-from fakes import make_fashion_mnist
 
 
 def _rows(out: str) -> dict[int, list[str]]:

@@ -6,9 +6,9 @@ import gzip
 
 import pytest
 import torch
+from fakes import make_fashion_mnist
 
 from difrep.data import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
-from fakes import make_fashion_mnist
 
 
 def test_round_trip_gzipped_and_plain(tmp_path):

@@ -5,20 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import randomize_
 
 from difrep import FeatureExtractor, create_model
 from difrep.features import image_seed, per_image_noise
-from reference import randomize_
-
-
-@pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(0)
-    model = create_model(
-        "adm", image_size=32, num_channels=32, channel_mult="1,2,2", attention_resolutions="16,8",
-        num_head_channels=8, resblock_updown=True, learn_sigma=True,
-    )
-    return randomize_(model).eval()
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from reference import GD_DEFAULTS, gd_unet, randomize_
+
 from difrep.models import create_model
 from difrep.models.checkpoint import load_state_dict_strict
 

@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
+from reference import randomize_
 from safetensors.torch import save_file
 
 from difrep.models import CheckpointError, create_model
-from reference import randomize_
 
 FLAGS = dict(image_size=32, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="16")
 

@@ -56,5 +56,5 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
           f"stopped at block {max(blocks)} of {model.num_blocks}, {elapsed:.2f}s\n")
     print(f"{'t':>4} {'b':>3}  {'shape':22} {'mean':>8} {'std':>8}")
     for (t, b), f in feats.items():
-        print(f"{t:>4} {b:>3}  {str(tuple(f.shape)):22} {f.mean().item():8.4f} {f.std().item():8.4f}")
+        print(f"{t:>4} {b:>3}  {tuple(f.shape)!s:22} {f.mean().item():8.4f} {f.std().item():8.4f}")
     return 0

@@ -5,13 +5,13 @@ from .checkpoint import CheckpointError, load_checkpoint, read_state_dict
 from .registry import PRESETS, create_model, list_models
 
 __all__ = [
+    "PRESETS",
     "ADMConfig",
     "ADMEncoder",
     "ADMEncoderConfig",
     "ADMUNet",
     "BlockInfo",
     "CheckpointError",
-    "PRESETS",
     "create_model",
     "list_models",
     "load_checkpoint",

@@ -9,7 +9,7 @@ f(x0, t, b) is the activation after block b. Decoder block b takes the skip of e
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -83,9 +83,6 @@ class ADMConfig:
         """Attention resolutions are given in pixels; blocks are placed by downsample rate."""
         resolutions = _parse_ints(self.attention_resolutions, "attention_resolutions")
         return {self.image_size // int(r) for r in resolutions}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -270,6 +267,58 @@ class _ADMTrunk(nn.Module):
         return h, skips
 
 
+    def _run_decoder(
+        self,
+        h: torch.Tensor,
+        skips: list[torch.Tensor | None],
+        emb: torch.Tensor,
+        wanted: set[int],
+        last: int,
+        out: dict[int, torch.Tensor],
+    ) -> torch.Tensor:
+        """The encoder-only model has no decoder blocks."""
+        return h
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The model's own output: eps (and variance) for the U-Net, logits for the classifier."""
+        return self.forward_intermediates(x, t, indices=[], y=y, intermediates_only=False)[0]
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | int,
+        indices: Iterable[int] | None = None,
+        stop_early: bool = False,
+        intermediates_only: bool = True,
+        y: torch.Tensor | None = None,
+        feedback: Mapping[int, torch.Tensor] | None = None,
+    ) -> dict[int, torch.Tensor] | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Activations after the requested blocks b, keyed by b, in the order asked for.
+
+        ``stop_early`` computes nothing after the deepest requested block. ``feedback`` maps an
+        encoder block to a tensor added to its output (DifFeed's second pass). Returns the
+        intermediates, or ``(output, intermediates)`` when ``intermediates_only`` is False.
+        """
+        blocks = self.validate_blocks(range(1, self.num_blocks + 1) if indices is None else indices)
+        feedback = dict(feedback or {})
+        if any(not 1 <= b <= self.num_encoder_blocks for b in feedback):
+            raise ValueError(f"feedback targets must be encoder blocks 1..{self.num_encoder_blocks}")
+        if stop_early and not intermediates_only:
+            raise ValueError("stop_early=True skips the output layer: use intermediates_only=True")
+        last = max(blocks, default=0) if stop_early else self.num_blocks
+        keep_from = self.mirror_block(last) if last > self.num_encoder_blocks + 1 else last + 1
+        emb = self.embed(t, x.shape[0], y)
+        wanted, out = set(blocks), {}
+        h, skips = self._run_trunk(x, emb, wanted, last, keep_from, feedback, out)
+        h = self._run_decoder(h, skips, emb, wanted, last, out)
+        ordered = {b: out[b] for b in blocks}
+        if intermediates_only:
+            return ordered
+        return self.out(h), ordered
+
+
 class ADMUNet(_ADMTrunk):
     """guided-diffusion's ``UNetModel``: predicts eps (and the variance interpolation if learn_sigma)."""
 
@@ -300,38 +349,15 @@ class ADMUNet(_ADMTrunk):
             GroupNorm32(ch), nn.SiLU(), zero_init(nn.Conv2d(int(mult[0] * model_ch), out_ch, 3, padding=1))
         )
 
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.forward_intermediates(x, t, indices=[], y=y, intermediates_only=False)[0]
-
-    def forward_intermediates(
+    def _run_decoder(
         self,
-        x: torch.Tensor,
-        t: torch.Tensor | int,
-        indices: Iterable[int] | None = None,
-        stop_early: bool = False,
-        intermediates_only: bool = True,
-        y: torch.Tensor | None = None,
-        feedback: Mapping[int, torch.Tensor] | None = None,
-    ) -> dict[int, torch.Tensor] | tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Activations after the requested blocks b, keyed by b, in the order asked for.
-
-        ``stop_early`` computes nothing after the deepest requested block. ``feedback`` maps an
-        encoder block to a tensor added to its output (DifFeed's second pass). Returns the
-        intermediates, or ``(eps_prediction, intermediates)`` when ``intermediates_only`` is False.
-        """
-        blocks = self.validate_blocks(range(1, self.num_blocks + 1) if indices is None else indices)
-        feedback = dict(feedback or {})
-        if any(not 1 <= b <= self.num_encoder_blocks for b in feedback):
-            raise ValueError(f"feedback targets must be encoder blocks 1..{self.num_encoder_blocks}")
-        if stop_early and not intermediates_only:
-            raise ValueError("stop_early=True skips the output layer: use intermediates_only=True")
-        last = max(blocks, default=0) if stop_early else self.num_blocks
-        keep_from = self.mirror_block(last) if last > self.num_encoder_blocks + 1 else last + 1
-        emb = self.embed(t, x.shape[0], y)
-        wanted, out = set(blocks), {}
-        h, skips = self._run_trunk(x, emb, wanted, last, keep_from, feedback, out)
+        h: torch.Tensor,
+        skips: list[torch.Tensor | None],
+        emb: torch.Tensor,
+        wanted: set[int],
+        last: int,
+        out: dict[int, torch.Tensor],
+    ) -> torch.Tensor:
         for j, block in enumerate(self.output_blocks):
             b = self.num_encoder_blocks + 2 + j
             if b > last:
@@ -339,10 +365,7 @@ class ADMUNet(_ADMTrunk):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)  # type: ignore[list-item]
             if b in wanted:
                 out[b] = h
-        ordered = {b: out[b] for b in blocks}
-        if intermediates_only:
-            return ordered
-        return self.out(h), ordered
+        return h
 
 
 class ADMEncoder(_ADMTrunk):
@@ -368,32 +391,3 @@ class ADMEncoder(_ADMTrunk):
             )
         else:
             raise ValueError(f"pool={config.pool!r} is not supported: use 'attention' or 'adaptive'")
-
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.forward_intermediates(x, t, indices=[], y=y, intermediates_only=False)[0]
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor | int,
-        indices: Iterable[int] | None = None,
-        stop_early: bool = False,
-        intermediates_only: bool = True,
-        y: torch.Tensor | None = None,
-        feedback: Mapping[int, torch.Tensor] | None = None,
-    ) -> dict[int, torch.Tensor] | tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Same contract as :meth:`ADMUNet.forward_intermediates`; the logits are the final output."""
-        blocks = self.validate_blocks(range(1, self.num_blocks + 1) if indices is None else indices)
-        if stop_early and not intermediates_only:
-            raise ValueError("stop_early=True skips the output layer: use intermediates_only=True")
-        last = max(blocks, default=0) if stop_early else self.num_blocks
-        emb = self.embed(t, x.shape[0], y)
-        out: dict[int, torch.Tensor] = {}
-        h, _ = self._run_trunk(x, emb, set(blocks), last, last + 1, dict(feedback or {}), out)
-        ordered = {b: out[b] for b in blocks}
-        if intermediates_only:
-            return ordered
-        return self.out(h), ordered
-
