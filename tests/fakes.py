@@ -20,3 +20,149 @@ def make_fashion_mnist(root, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     write_idx(root / "t10k-images-idx3-ubyte.gz", images)
     write_idx(root / "t10k-labels-idx1-ubyte", labels, compress=False)
     return images, labels
+
+
+def color_of(label: int) -> tuple[int, int, int]:
+    """A distinct solid colour per label, so a test can check that an image carries its own label."""
+    return (40 + 50 * (label % 5), 40 + 50 * ((label // 5) % 5), 40 + 50 * ((label // 25) % 5))
+
+
+def label_of(image) -> int:
+    """Invert color_of on a decoded image (PIL or a [3, H, W] tensor in [-1, 1])."""
+    if isinstance(image, torch.Tensor):
+        rgb = ((image[:, image.shape[1] // 2, image.shape[2] // 2] + 1) * 127.5).round().int().tolist()
+    else:
+        rgb = image.getpixel((image.width // 2, image.height // 2))
+    digits = [round((c - 40) / 50) for c in rgb]
+    return digits[0] + 5 * digits[1] + 25 * digits[2]
+
+
+def write_image(path, label: int, size: tuple[int, int] = (12, 10)) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color_of(label)).save(path)
+
+
+def make_cub(root, classes: int = 3, train: int = 2, test: int = 1):
+    """CUB_200_2011/ as extracted from CUB_200_2011.tgz."""
+    base = root / "CUB_200_2011"
+    lines = {"images": [], "labels": [], "split": []}
+    names = [f"{c + 1:03d}.Bird_{c}" for c in range(classes)]
+    k = 0
+    for c, name in enumerate(names):
+        for j in range(train + test):
+            k += 1
+            rel = f"{name}/Bird_{c}_{j}.jpg"
+            write_image(base / "images" / rel, c)
+            lines["images"].append(f"{k} {rel}")
+            lines["labels"].append(f"{k} {c + 1}")
+            lines["split"].append(f"{k} {1 if j < train else 0}")
+    (base / "images.txt").write_text("\n".join(lines["images"]) + "\n")
+    (base / "image_class_labels.txt").write_text("\n".join(lines["labels"]) + "\n")
+    (base / "train_test_split.txt").write_text("\n".join(lines["split"]) + "\n")
+    (base / "classes.txt").write_text("\n".join(f"{c + 1} {n}" for c, n in enumerate(names)) + "\n")
+    return base
+
+
+def make_nabirds(root):
+    """nabirds/ with hierarchy classes that have no images (only leaves are used) and uuid image ids."""
+    base = root / "nabirds"
+    class_ids = [295, 300, 1010]
+    rows = {"images": [], "labels": [], "split": []}
+    for c, cid in enumerate(class_ids):
+        for j in range(3):
+            uid = f"{cid:04d}{j}abc-uuid"
+            rel = f"{cid:04d}/{uid}.jpg"
+            write_image(base / "images" / rel, c)
+            rows["images"].append(f"{uid} {rel}")
+            rows["labels"].append(f"{uid} {cid}")
+            rows["split"].append(f"{uid} {1 if j < 2 else 0}")
+    (base / "images.txt").write_text("\n".join(rows["images"]) + "\n")
+    (base / "image_class_labels.txt").write_text("\n".join(rows["labels"]) + "\n")
+    (base / "train_test_split.txt").write_text("\n".join(rows["split"]) + "\n")
+    all_ids = [0, 1, *class_ids, 2000]
+    (base / "classes.txt").write_text("\n".join(f"{i} Class number {i}" for i in all_ids) + "\n")
+    return base
+
+
+def make_aircraft(root):
+    """fgvc-aircraft-2013b/data/ as extracted from fgvc-aircraft-2013b.tar.gz (variant level)."""
+    data = root / "fgvc-aircraft-2013b" / "data"
+    variants = ["707-320", "A300B4", "Cessna 172"]
+    (data / "images").mkdir(parents=True)
+    (data / "variants.txt").write_text("\n".join(variants) + "\n")
+    for split, n in (("trainval", 2), ("test", 1)):
+        lines = []
+        for c, v in enumerate(variants):
+            for j in range(n):
+                image_id = f"{split[:2]}{c}{j:04d}"
+                write_image(data / "images" / f"{image_id}.jpg", c)
+                lines.append(f"{image_id} {v}")
+        (data / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
+    return data.parent
+
+
+def make_cars(root):
+    """stanford_cars/ in torchvision's layout, with .mat annotation structs as in the devkit."""
+    import numpy as np
+    from scipy.io import savemat
+
+    base = root / "stanford_cars"
+    names = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi R8 Coupe 2012"]
+    (base / "devkit").mkdir(parents=True)
+    savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array(names, dtype=object)[None]})
+    for split, n, annos in (("train", 2, base / "devkit" / "cars_train_annos.mat"),
+                            ("test", 1, base / "cars_test_annos_withlabels.mat")):
+        records = []
+        for c in range(len(names)):
+            for j in range(n):
+                fname = f"{c:02d}{j:03d}.jpg"
+                write_image(base / f"cars_{split}" / fname, c)
+                records.append((1, 1, 5, 5, c + 1, fname))
+        dtype = [("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"), ("class", "O"), ("fname", "O")]
+        savemat(annos, {"annotations": np.array(records, dtype=dtype)[None]})
+    return base
+
+
+def make_dogs(root):
+    """Stanford Dogs: Images/ from images.tar and {train,test}_list.mat from lists.tar."""
+    import numpy as np
+    from scipy.io import savemat
+
+    synsets = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02116738-African_hunting_dog"]
+    for split, n in (("train", 2), ("test", 1)):
+        files, labels = [], []
+        for c, s in enumerate(synsets):
+            for j in range(n):
+                rel = f"{s}/{s.split('-')[0]}_{split}{j}.jpg"
+                write_image(root / "Images" / rel, c)
+                files.append(rel)
+                labels.append(c + 1)
+        savemat(root / f"{split}_list.mat", {"file_list": np.array(files, dtype=object)[:, None],
+                                              "labels": np.array(labels)[:, None]})
+    return root
+
+
+def make_flowers(root):
+    """flowers-102/: jpg/ from 102flowers.tgz, imagelabels.mat and setid.mat."""
+    import numpy as np
+    from scipy.io import savemat
+
+    base = root / "flowers-102"
+    labels = [1, 1, 2, 2, 3, 3, 1, 2, 3]  # 1-based, image_00001 .. image_00009
+    for i, label in enumerate(labels, start=1):
+        write_image(base / "jpg" / f"image_{i:05d}.jpg", label - 1)
+    savemat(base / "imagelabels.mat", {"labels": np.array(labels)[None]})
+    savemat(base / "setid.mat", {"trnid": np.array([1, 3, 5])[None], "valid": np.array([2, 4])[None],
+                                 "tstid": np.array([6, 7, 8, 9])[None]})
+    return base
+
+
+def make_imagenet(root, wnids=("n01440764", "n01443537", "n01484850"), train: int = 3, val: int = 2):
+    for c, w in enumerate(wnids):
+        for j in range(train):
+            write_image(root / "train" / w / f"{w}_{j + 1}.JPEG", c)
+        for j in range(val):
+            write_image(root / "val" / w / f"ILSVRC2012_val_{c * 100 + j:08d}.JPEG", c)
+    return root

@@ -56,3 +56,25 @@ def test_demo_runs_on_idx_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "stopped at block 18 of 25" in out
     assert "(4, 256, 8, 8)" in out  # block 13 (middle) of the 64x64 model: 4x64 channels at 8x8
+
+
+def test_data_check_reports_counts_and_mismatches(tmp_path, capsys):
+    from fakes import make_cub
+
+    make_cub(tmp_path)
+    assert main(["data", "check", "cub200", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "CUB-200-2011" in out
+    assert out.count("MISMATCH") == 2
+    assert "train           3          6      5,994  MISMATCH" in out
+
+
+def test_data_check_verify_lists_unreadable_images(tmp_path, capsys):
+    from fakes import make_cub
+
+    base = make_cub(tmp_path)
+    bad = base / "images" / "002.Bird_1" / "Bird_1_0.jpg"
+    bad.write_bytes(bad.read_bytes()[:50])
+    assert main(["data", "check", "cub200", str(tmp_path), "--splits", "train", "--verify", "--workers", "0"]) == 1
+    out = capsys.readouterr().out
+    assert f"unreadable image {bad}" in out and "decoded 5 of 6 images" in out

@@ -10,9 +10,8 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
-from ..data import DEBIAN_FASHION_MNIST, load_fashion_mnist
+from ..data import DEBIAN_FASHION_MNIST, build_transform, create_dataset
 from ..features import FeatureExtractor
 from ..models import create_model
 
@@ -25,13 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [N, 28, 28] grayscale to RGB in [-1, 1] at the model's resolution."""
-    x = images[:, None].float().div(255).expand(-1, 3, -1, -1)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.mul(2).sub(1)
-
-
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     torch.manual_seed(args.seed)
     model = create_model("adm", image_size=64, num_channels=64, num_res_blocks=2, attention_resolutions="16,8",
@@ -42,8 +34,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     for b in model.feature_info:
         print(f"{b.index:>3}  {b.stage:8} {b.module:18} {b.num_chs:>8} {b.resolution:>5}")
 
-    images, labels = load_fashion_mnist(args.data, "test")
-    x = _to_model_input(images[: args.images], model.image_size)
+    data = create_dataset("fashion-mnist", args.data, "test", transform=build_transform(model.image_size), check=False)
+    samples = [data[i] for i in range(min(args.images, len(data)))]
+    x = torch.stack([image for image, _, _ in samples])
+    labels = [label for _, label, _ in samples]
     middle = model.num_encoder_blocks + 1
     blocks = [middle - 3, middle, middle + 5]
     timesteps = [90, 150, 300]
@@ -51,7 +45,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     start = time.perf_counter()
     feats = extractor(x, indices=list(range(len(x))))
     elapsed = time.perf_counter() - start
-    print(f"\n{len(x)} Fashion-MNIST test images ({args.data}), labels {labels[: len(x)].tolist()}")
+    print(f"\n{len(x)} Fashion-MNIST test images ({args.data}), labels {labels}")
     print(f"T={timesteps} x B={blocks}: one folded forward of {len(x) * len(timesteps)} inputs, "
           f"stopped at block {max(blocks)} of {model.num_blocks}, {elapsed:.2f}s\n")
     print(f"{'t':>4} {'b':>3}  {'shape':22} {'mean':>8} {'std':>8}")

@@ -6,13 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import demo, info
+from . import data, demo, info
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="difrep", description="Text-free diffusion models as representation learners.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (info, demo):
+    for module in (info, data, demo):
         module.register(sub)
     args, extra = parser.parse_known_args(argv)
     try:

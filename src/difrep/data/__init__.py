@@ -1,5 +1,38 @@
-"""Data sets and transforms."""
+"""Data sets in their official layouts, the paper's transforms and robust loading."""
 
+from .catalog import CATALOG, create_dataset, list_datasets
 from .fashion_mnist import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
+from .images import (
+    ImageDataset,
+    ImageList,
+    TensorImageDataset,
+    UnreadableImageError,
+    collate_skipping,
+    find_unreadable,
+    load_rgb,
+)
+from .loader import ShardSampler, build_loader
+from .readers import DatasetLayoutError
+from .subsets import balanced_subset
+from .transforms import build_transform
 
-__all__ = ["DEBIAN_FASHION_MNIST", "load_fashion_mnist", "read_idx"]
+__all__ = [
+    "CATALOG",
+    "DEBIAN_FASHION_MNIST",
+    "DatasetLayoutError",
+    "ImageDataset",
+    "ImageList",
+    "ShardSampler",
+    "TensorImageDataset",
+    "UnreadableImageError",
+    "balanced_subset",
+    "build_loader",
+    "build_transform",
+    "collate_skipping",
+    "create_dataset",
+    "find_unreadable",
+    "list_datasets",
+    "load_fashion_mnist",
+    "load_rgb",
+    "read_idx",
+]

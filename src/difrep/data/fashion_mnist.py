@@ -1,4 +1,4 @@
-"""Fashion-MNIST from IDX files, as Debian's ``dataset-fashion-mnist`` installs them (gzipped)."""
+"""Fashion-MNIST from IDX files: Debian's ``dataset-fashion-mnist`` (gzipped) or a torchvision root."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def load_fashion_mnist(root: str | Path = DEBIAN_FASHION_MNIST, split: str = "tr
     found = {}
     for kind, ndim in (("images", 3), ("labels", 1)):
         name = f"{prefix}-{kind}-idx{ndim}-ubyte"
-        candidates = [root / f"{name}.gz", root / name]
+        candidates = [d / f for d in (root, root / "FashionMNIST" / "raw") for f in (f"{name}.gz", name)]
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             raise FileNotFoundError(

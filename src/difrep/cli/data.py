@@ -1,0 +1,60 @@
+"""``difrep data check NAME PATH``: what a data-set folder holds, before a long run relies on it."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..data import CATALOG, DatasetLayoutError, ImageDataset, create_dataset, find_unreadable
+from ..data.catalog import check_counts
+from ..data.loader import default_workers
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="inspect data sets")
+    actions = p.add_subparsers(dest="action", required=True)
+    check = actions.add_parser(
+        "check",
+        help="count classes and images per split and compare with the paper's",
+        description="Data sets: " + "; ".join(f"{k}: {v.layout}" for k, v in CATALOG.items()),
+    )
+    check.add_argument("name", choices=list(CATALOG))
+    check.add_argument("path")
+    check.add_argument("--splits", default="train,test", help="comma-separated splits (default train,test)")
+    check.add_argument("--class-list", help="imagenet-50: file of the 50 WordNet ids")
+    check.add_argument("--verify", action="store_true", help="decode every image and list the unreadable ones")
+    check.add_argument("--workers", type=int, default=None)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise ValueError(f"unexpected arguments {extra}")
+    spec = CATALOG[args.name]
+    options = {"class_list": args.class_list} if args.class_list else {}
+    print(f"{spec.title} at {args.path}")
+    print(f"{'split':8} {'classes':>8} {'images':>10} {'expected':>10}  status")
+    failed = False
+    for split in args.splits.split(","):
+        try:
+            ds = create_dataset(args.name, args.path, split, check=False, **options)
+        except (DatasetLayoutError, FileNotFoundError, ValueError) as err:
+            print(f"{split:8} {'-':>8} {'-':>10} {'-':>10}  error: {err}")
+            failed = True
+            continue
+        classes = len(set(ds.targets))
+        expected = spec.counts.get("test" if split == "val" else split)
+        status = "ok"
+        try:
+            check_counts(args.name, args.path, split, len(ds.classes), len(ds))
+        except DatasetLayoutError:
+            status = "MISMATCH"
+            failed = True
+        print(f"{split:8} {classes:>8} {len(ds):>10,} {f'{expected:,}' if expected else '-':>10}  {status}")
+        if args.verify and isinstance(ds, ImageDataset):
+            workers = default_workers() if args.workers is None else args.workers
+            bad = find_unreadable([p for p, _ in ds.samples], workers)
+            for msg in bad:
+                print(f"  {msg}")
+            print(f"  decoded {len(ds) - len(bad):,} of {len(ds):,} images")
+            failed |= bool(bad)
+    return 1 if failed else 0

@@ -1,0 +1,74 @@
+"""DataLoaders that keep an accelerator fed: worker processes, pinned memory, persistent workers."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from .images import collate_skipping
+
+
+def default_workers() -> int:
+    """One worker per CPU core the process may use, at most 16."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return min(16, cores)
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool = False,
+    workers: int | None = None,
+    distributed: bool = False,
+    seed: int = 0,
+    drop_last: bool | None = None,
+) -> DataLoader:
+    """Shuffle and drop the last partial batch when training; under DDP each process gets its shard.
+
+    Evaluation under DDP uses an unpadded sharding, so every image is seen exactly once whatever the
+    number of processes. Samples dropped as unreadable (``on_error='skip'``) leave their batch.
+    """
+    workers = default_workers() if workers is None else workers
+    sampler = None
+    if distributed:
+        if train:
+            sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=True)
+        else:
+            sampler = ShardSampler(len(dataset))
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        drop_last=train if drop_last is None else drop_last,
+        collate_fn=collate_skipping,
+        generator=gen,
+    )
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """Rank r of w takes indices r, r + w, r + 2w, ...: every index exactly once over all ranks."""
+
+    def __init__(self, size: int, rank: int | None = None, world_size: int | None = None) -> None:
+        import torch.distributed as dist
+
+        self.size = size
+        self.rank = dist.get_rank() if rank is None else rank
+        self.world_size = dist.get_world_size() if world_size is None else world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.size, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
