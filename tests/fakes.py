@@ -14,11 +14,15 @@ def write_idx(path, array: torch.Tensor, compress: bool = True) -> None:
     (gzip.open if compress else open)(path, "wb").write(payload)
 
 
-def make_fashion_mnist(root, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+def make_fashion_mnist(root, n: int = 6, prefixes: tuple[str, ...] = ("t10k",)) -> tuple[torch.Tensor, torch.Tensor]:
+    """IDX files like Debian's; images carry a label-dependent mean so that features can learn it."""
+    gen = torch.Generator().manual_seed(0)
     labels = torch.arange(n) % 10
-    write_idx(root / "t10k-images-idx3-ubyte.gz", images)
-    write_idx(root / "t10k-labels-idx1-ubyte", labels, compress=False)
+    noise = torch.randint(0, 60, (n, 28, 28), generator=gen)
+    images = (noise + (labels * 19)[:, None, None]).to(torch.uint8)
+    for prefix in prefixes:
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, compress=False)
     return images, labels
 
 

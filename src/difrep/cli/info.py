@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", nargs="?", help="preset name; omit to list the presets")
     p.add_argument("--checkpoint", help="also load this checkpoint strictly, to check that it fits")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, model_flags=True)
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:

@@ -6,19 +6,24 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import data, demo, info
+from ..data import UnreadableImageError
+from ..features.cache import CacheError
+from . import data, demo, evaluate, extract, info, sweep
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="difrep", description="Text-free diffusion models as representation learners.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (info, data, demo):
+    for module in (info, data, extract, evaluate, sweep, demo):
         module.register(sub)
     args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "model_flags", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.run(args, extra) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"difrep {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, CacheError, UnreadableImageError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"difrep {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -102,6 +102,47 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float,
     return head
 
 
+@dataclass
+class LogisticProbe:
+    """A fitted multinomial logistic regression on standardised features."""
+
+    head: nn.Linear
+    norm: Standardizer
+    l2: float
+    val_top1: dict[float, float]
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return _scores(self.head, self.norm(x))
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> dict[int, float]:
+        return topk_accuracy(self.scores(x), y)
+
+
+def fit_logistic_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    num_classes: int,
+    l2_grid: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+    val_fraction: float = 0.1,
+    max_iter: int = 300,
+    seed: int = 0,
+) -> LogisticProbe:
+    """Full-batch L-BFGS logistic regression; the L2 strength is chosen on a seeded, class-balanced
+    ``val_fraction`` of the training features, then refitted on all of them."""
+    norm = Standardizer(train_x)
+    x = norm(train_x)
+    val_top1: dict[float, float] = {}
+    if len(l2_grid) > 1:
+        val_idx = torch.tensor(balanced_subset(train_y.tolist(), fraction=val_fraction, seed=seed))
+        fit_mask = torch.ones(len(x), dtype=torch.bool)
+        fit_mask[val_idx] = False
+        for l2 in l2_grid:
+            head = _fit_logistic(x[fit_mask], train_y[fit_mask], num_classes, l2, max_iter)
+            val_top1[l2] = topk_accuracy(_scores(head, x[val_idx]), train_y[val_idx])[1]
+    best = max(l2_grid, key=lambda l2: (val_top1.get(l2, 0.0), l2))
+    return LogisticProbe(_fit_logistic(x, train_y, num_classes, best, max_iter), norm, best, val_top1)
+
+
 def lbfgs_logistic_probe(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -113,22 +154,7 @@ def lbfgs_logistic_probe(
     max_iter: int = 300,
     seed: int = 0,
 ) -> ProbeResult:
-    """Multinomial logistic regression by full-batch L-BFGS, L2 strength chosen on a held-out split.
-
-    The validation split is a seeded, class-balanced ``val_fraction`` of the training features; the
-    chosen strength is then refitted on all training features. The test split is never looked at
-    before the final evaluation.
-    """
-    norm = Standardizer(train_x)
-    train_x, test_x = norm(train_x), norm(test_x)
-    val_idx = torch.tensor(balanced_subset(train_y.tolist(), fraction=val_fraction, seed=seed))
-    fit_mask = torch.ones(len(train_x), dtype=torch.bool)
-    fit_mask[val_idx] = False
-    val_scores = {}
-    for l2 in l2_grid:
-        head = _fit_logistic(train_x[fit_mask], train_y[fit_mask], num_classes, l2, max_iter)
-        val_scores[l2] = topk_accuracy(_scores(head, train_x[val_idx]), train_y[val_idx])[1]
-    best = max(l2_grid, key=lambda l2: (val_scores[l2], l2))
-    head = _fit_logistic(train_x, train_y, num_classes, best, max_iter)
-    acc = topk_accuracy(_scores(head, test_x), test_y)
-    return ProbeResult(acc[1], acc[5], {"l2": best, "val_top1": val_scores})
+    """Fit :func:`fit_logistic_probe` on the training features; the test split is only evaluated."""
+    probe = fit_logistic_probe(train_x, train_y, num_classes, l2_grid, val_fraction, max_iter, seed)
+    acc = probe.accuracy(test_x, test_y)
+    return ProbeResult(acc[1], acc[5], {"l2": probe.l2, "val_top1": probe.val_top1})

@@ -151,7 +151,8 @@ class CacheWriter:
             **description,
         }
 
-    def _prepare(self, num_samples: int) -> None:
+    def prepare(self, num_samples: int) -> None:
+        """Create the folder and manifest, or check that an existing one was made with these settings."""
         manifest = {**self.manifest, "num_samples": num_samples}
         path = self.out_dir / "manifest.json"
         if path.exists():
@@ -189,7 +190,7 @@ class CacheWriter:
         """Extract this process's missing shards; returns the shards it wrote."""
         n = len(dataset)  # type: ignore[arg-type]
         if rank == 0:
-            self._prepare(n)
+            self.prepare(n)
         elif not (self.out_dir / "manifest.json").exists():
             raise CacheError(f"{self.out_dir}: rank 0 has not written the manifest yet")
         num_shards = math.ceil(n / self.shard_size)

@@ -1,0 +1,84 @@
+"""Options shared by the commands: which model, which data, which processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Subset
+
+from ..data import CATALOG, balanced_subset, build_transform, create_dataset
+from ..features.cache import weights_sha256
+from ..models import create_model
+from .overrides import parse_model_flags
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="adm-256-uncond", help="preset (difrep info lists them); "
+                   "extra --flag value pairs override guided-diffusion flags")
+    p.add_argument("--checkpoint", help=".pt or .safetensors weights (default: random initialisation)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (and of a random initialisation)")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, choices=list(CATALOG), help="data set name")
+    p.add_argument("--root", required=True, help="the data set's folder")
+    p.add_argument("--class-list", help="imagenet-50: file of WordNet ids")
+    p.add_argument("--per-class", type=int, help="keep a seeded, class-balanced subset of this many images a class")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="unreadable images: stop or skip (logged)")
+    p.add_argument("--no-check", action="store_true", help="accept class and image counts that differ from the paper's")
+
+
+def build_model(args: argparse.Namespace, extra: list[str]) -> torch.nn.Module:
+    flags = parse_model_flags(args.model, extra)
+    torch.manual_seed(args.seed)
+    return create_model(args.model, checkpoint=args.checkpoint, **flags)
+
+
+def build_dataset(args: argparse.Namespace, split: str, image_size: int) -> tuple[Dataset, dict[str, Any]]:
+    options = {"class_list": args.class_list} if args.class_list else {}
+    transform = build_transform(image_size)
+    data = create_dataset(args.data, args.root, split, transform=transform, check=not args.no_check,
+                          on_error=args.on_error, **options)
+    if args.per_class:
+        data = Subset(data, balanced_subset(data.targets, per_class=args.per_class, seed=args.seed))
+    description = {
+        "name": args.data, "root": str(Path(args.root).resolve()), "split": split, "options": options,
+        "per_class": args.per_class, "transform": repr(transform),
+    }
+    return data, description
+
+
+def model_description(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, Any]:
+    return {"name": args.model, "config": asdict(model.config), "weights_sha256": weights_sha256(model),
+            "init_seed": None if args.checkpoint else args.seed}
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Rank, world size and device, from torchrun's environment (a single CPU/GPU process otherwise)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()

@@ -1,0 +1,71 @@
+"""``difrep extract``: write features of a data split to a feature cache (resumable, torchrun-aware)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..features.cache import CacheWriter
+from .common import (
+    add_data_args,
+    add_model_args,
+    barrier,
+    build_dataset,
+    build_model,
+    init_distributed,
+    int_list,
+    model_description,
+)
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="extract features to an on-disk cache",
+                       description="Run the U-Net once per image (all timesteps batched, stopping at the "
+                       "deepest block) and cache every (t, b, pool) feature. Rerun to resume. Under "
+                       "torchrun, each process takes its share of the shards.")
+    add_model_args(p)
+    add_data_args(p)
+    add_extract_args(p)
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help="cache folder")
+    p.set_defaults(run=run, model_flags=True)
+
+
+def add_extract_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timesteps", type=int_list, required=True, help="noise steps t, e.g. 90,150,300")
+    p.add_argument("--blocks", type=int_list, required=True, help="blocks b, e.g. 19,24,30")
+    p.add_argument("--pool", type=int_list, default=[1], help="adaptive pool sizes, 0 = full map (default 1)")
+    p.add_argument("--noise-draws", type=int, default=1, help="average features over K noise draws")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--shard-size", type=int, default=4096)
+    p.add_argument("--storage", choices=["float16", "float32"], default="float16")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="autocast precision of the U-Net")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: one per core)")
+
+
+def extract_split(args: argparse.Namespace, model: torch.nn.Module, split: str, out: str,
+                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu") -> None:
+    data, data_description = build_dataset(args, split, model.image_size)
+    writer = CacheWriter(
+        out, model, args.timesteps, args.blocks, args.pool,
+        description={"model": model_description(args, model), "data": data_description},
+        seed=args.seed, num_noise_draws=args.noise_draws, shard_size=args.shard_size,
+        storage_dtype=args.storage, chunk_size=args.batch_size * len(args.timesteps), dtype=DTYPES[args.dtype],
+    )
+    if rank == 0:
+        writer.prepare(len(data))
+    barrier(world)
+    writer.run(data, args.batch_size, args.workers, rank, world, device)
+    barrier(world)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    rank, world, device = init_distributed()
+    model = build_model(args, extra).to(device)
+    extract_split(args, model, args.split, args.out, rank, world, device)
+    if rank == 0:
+        print(f"cache complete: {args.out}")
+    return 0

@@ -1,0 +1,61 @@
+"""Figures: sweep heatmaps (t x b, like Figures 3-4) and CKA matrices (like Figure 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .sweep import SweepRow  # noqa: E402
+
+
+def _heatmap(ax, values: np.ndarray, rows: Sequence, cols: Sequence, fmt: str, cmap: str, mark=None) -> None:
+    image = ax.imshow(values, cmap=cmap, aspect="auto", origin="lower")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7,
+                        color="white" if values[i, j] < np.nanmean(values) else "black")
+    if mark is not None:
+        ax.add_patch(plt.Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    plt.colorbar(image, ax=ax)
+
+
+def plot_sweep(rows: list[SweepRow], best: SweepRow, path: str | Path, metric: str = "probe_val_top1",
+               title: str = "") -> None:
+    """One t x b heatmap of ``metric`` per pool size; the recommended cell is framed in red."""
+    pools = sorted({r.pool for r in rows})
+    ts, bs = sorted({r.t for r in rows}), sorted({r.b for r in rows})
+    fig, axes = plt.subplots(1, len(pools), figsize=(1.0 + 0.9 * len(ts) * len(pools), 0.5 * len(bs) + 1.8),
+                             squeeze=False)
+    for ax, pool in zip(axes[0], pools):
+        grid = np.full((len(bs), len(ts)), np.nan)
+        for r in rows:
+            if r.pool == pool:
+                grid[bs.index(r.b), ts.index(r.t)] = getattr(r, metric)
+        mark = (bs.index(best.b), ts.index(best.t)) if best.pool == pool else None
+        _heatmap(ax, grid, bs, ts, ".1f", "viridis", mark)
+        ax.set_xlabel("noise step t")
+        ax.set_ylabel("block b")
+        ax.set_title(f"pool {pool}x{pool}")
+    fig.suptitle(title or metric.replace("_", " "))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_cka(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: str | Path, title: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(cols), 1.0 + 0.5 * len(rows)))
+    _heatmap(ax, matrix, rows, cols, ".2f", "magma")
+    ax.set_title(title or "linear CKA")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

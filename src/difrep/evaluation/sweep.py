@@ -1,0 +1,77 @@
+"""The t x b x pool sweep of the paper's Figures 3 and 4, on feature caches.
+
+Every (t, b, pool) is probed (logistic regression) and kNN-evaluated. The recommendation uses a
+held-out, class-balanced part of the training split, never the test split; test accuracies are
+reported beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.subsets import balanced_subset
+from ..features.cache import FeatureCache
+from .knn import knn_accuracy
+from .linear import fit_logistic_probe
+
+
+@dataclass
+class SweepRow:
+    t: int
+    b: int
+    pool: int
+    dim: int
+    probe_val_top1: float
+    probe_test_top1: float
+    probe_test_top5: float
+    knn20_val_top1: float
+    knn20_test_top1: float
+    l2: float
+
+
+def run_sweep(
+    train: FeatureCache,
+    test: FeatureCache,
+    val_fraction: float = 0.1,
+    l2_grid: tuple[float, ...] = (1e-4, 1e-2),
+    max_iter: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[SweepRow]:
+    """Probe and kNN for every key the two caches share."""
+    keys = [k for k in train.keys if k in set(test.keys)]
+    if not keys:
+        raise ValueError(f"the caches {train.folder} and {test.folder} share no (t, b, pool)")
+    train_y, test_y = train.labels, test.labels
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    val_idx = torch.tensor(balanced_subset(train_y.tolist(), fraction=val_fraction, seed=seed))
+    fit = torch.ones(len(train_y), dtype=torch.bool)
+    fit[val_idx] = False
+    rows = []
+    for key in tqdm(keys, desc="sweep", disable=not progress):
+        x, xt = train.features(key).to_tensor(), test.features(key).to_tensor()
+        probe = fit_logistic_probe(x[fit], train_y[fit], num_classes, l2_grid, max_iter=max_iter, seed=seed)
+        val_acc, test_acc = probe.accuracy(x[val_idx], train_y[val_idx]), probe.accuracy(xt, test_y)
+        knn_val = knn_accuracy(x[fit], train_y[fit], x[val_idx], train_y[val_idx], num_classes, ks=(20,))
+        knn_test = knn_accuracy(x, train_y, xt, test_y, num_classes, ks=(20,))
+        rows.append(SweepRow(key.t, key.b, key.pool, x.shape[1], val_acc[1], test_acc[1], test_acc[5],
+                             knn_val[20][1], knn_test[20][1], probe.l2))
+    return rows
+
+
+def best_row(rows: list[SweepRow]) -> SweepRow:
+    """The recommendation: highest held-out probe accuracy (ties: higher kNN, then smaller features)."""
+    return max(rows, key=lambda r: (round(r.probe_val_top1, 6), round(r.knn20_val_top1, 6), -r.dim))
+
+
+def write_csv(rows: list[SweepRow], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(row).items()})
