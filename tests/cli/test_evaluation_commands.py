@@ -6,10 +6,10 @@ import csv
 import json
 
 import pytest
+from fakes import make_fashion_mnist
 
 from difrep.cli.main import main
 from difrep.features.cache import FeatureCache
-from fakes import make_fashion_mnist
 
 MODEL = ["--model", "adm", "--image_size", "32", "--num_channels", "32", "--channel_mult", "1,2",
          "--num_res_blocks", "1", "--attention_resolutions", "16"]
@@ -81,3 +81,22 @@ def test_unknown_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["probe", "--train", "a", "--test", "b", "--key", "t1_b1_p1", "--bogus", "1"])
     assert "unrecognized arguments: --bogus 1" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_write_the_same_cache_as_one(data, tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    args = [*MODEL, *_data_args(data), "--timesteps", "10,200", "--blocks", "2,4", "--shard-size", "8"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["extract", *args, "--out", str(one)]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "difrep.cli.main", "extract", *args, "--out", str(two)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = FeatureCache(one), FeatureCache(two)
+    assert torch.equal(a.indices, b.indices)
+    for key in a.keys:
+        assert torch.equal(a.features(key).to_tensor(), b.features(key).to_tensor())

@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from .sweep import SweepRow  # noqa: E402
+from .sweep import SweepRow
 
 
 def _heatmap(ax, values: np.ndarray, rows: Sequence, cols: Sequence, fmt: str, cmap: str, mark=None) -> None:
