@@ -50,7 +50,7 @@ def test_extract_probe_knn_cka(data, tmp_path, capsys):
     assert '"k5"' in capsys.readouterr().out
 
     assert main(["cka", "--cache", str(out), "--t", "10", "--out", str(tmp_path / "cka")]) == 0
-    rows = list(csv.reader(open(tmp_path / "cka.csv")))
+    rows = list(csv.reader((tmp_path / "cka.csv").read_text().splitlines()))
     assert rows[0][1:] == ["t10_b2_p1", "t10_b2_p2", "t10_b4_p1", "t10_b4_p2", "t10_b6_p1", "t10_b6_p2"]
     assert all(abs(float(rows[i][i]) - 1) < 1e-4 for i in range(1, 7)), "CKA of a feature with itself is 1"
     assert (tmp_path / "cka.png").stat().st_size > 1000
@@ -67,7 +67,7 @@ def test_sweep_writes_table_heatmaps_and_a_held_out_recommendation(data, tmp_pat
     out = tmp_path / "sweep"
     assert main(["sweep", *MODEL, *_data_args(data), "--timesteps", "10,300", "--blocks", "3,6",
                  "--pool", "1", "--val-fraction", "0.2", "--out", str(out)]) == 0
-    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
     assert {(r["t"], r["b"]) for r in rows} == {("10", "3"), ("10", "6"), ("300", "3"), ("300", "6")}
     summary = json.loads((out / "summary.json").read_text())
     best = max(rows, key=lambda r: float(r["probe_val_top1"]))
@@ -94,7 +94,7 @@ def test_torchrun_two_processes_write_the_same_cache_as_one(data, tmp_path):
     assert main(["extract", *args, "--out", str(one)]) == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "difrep.cli.main", "extract", *args, "--out", str(two)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = FeatureCache(one), FeatureCache(two)
     assert torch.equal(a.indices, b.indices)
