@@ -39,7 +39,7 @@ class GaussianDiffusion:
 
     def validate_timesteps(self, t: torch.Tensor | int | list[int]) -> torch.Tensor:
         """Integer steps as a tensor, with an error naming the valid range."""
-        t = torch.as_tensor(t)
+        t = t if isinstance(t, torch.Tensor) else torch.tensor(t, device="cpu")
         if t.is_floating_point() or t.is_complex():
             raise ValueError(f"timesteps must be integers, got dtype {t.dtype}")
         if t.numel() and (t.min() < 0 or t.max() >= self.num_timesteps):

@@ -1,0 +1,101 @@
+"""DifFeed: decoder features of a first pass fed back into the encoder of a second pass on the same x_t."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..features.noise import per_image_noise
+from .attention import AttentionHead
+
+Strategy = Literal["bottleneck", "all", "windowed", "multi-scale"]
+
+
+def feedback_pairs(model: nn.Module, strategy: Strategy, feature_block: int) -> list[tuple[int, int]]:
+    """(decoder block b, encoder block it feeds) pairs of a strategy (the paper's Table 4).
+
+    bottleneck: every third decoder block from the second ({21, 24, ..., 36} for the 256 model), each
+    into its mirror 38 - b; all: every decoder block into its mirror; windowed: the first five decoder
+    blocks into their mirrors; multi-scale: the same five into the mirror of the feature block.
+    """
+    n = model.num_encoder_blocks
+    decoder = list(range(n + 2, 2 * n + 2))
+    if strategy == "bottleneck":
+        sources = decoder[1::3]
+    elif strategy == "all":
+        sources = decoder
+    elif strategy in ("windowed", "multi-scale"):
+        sources = decoder[:5]
+    else:
+        raise ValueError(f"strategy={strategy!r}: use bottleneck, all, windowed or multi-scale")
+    if strategy == "multi-scale":
+        return [(b, model.mirror_block(feature_block)) for b in sources]
+    return [(b, model.mirror_block(b)) for b in sources]
+
+
+class DifFeed(nn.Module):
+    """Two passes of the frozen U-Net at one noise step t, with learned feedback in between.
+
+    The first pass runs without gradient and stops at the deepest feedback source. Each feedback
+    layer (1x1 conv without bias, BatchNorm, ReLU) maps a decoder feature to the width of its target
+    encoder block; the result, bilinearly resized if the sizes differ, is added to that block's output
+    in the second pass, which stops at ``feature_block``; an Attention head classifies that feature.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        t: int = 150,
+        feature_block: int = 24,
+        strategy: Strategy = "bottleneck",
+        pairs: Sequence[tuple[int, int]] | None = None,
+        seed: int = 0,
+        **head_kwargs,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.t = int(model.diffusion.validate_timesteps(t))
+        self.feature_block = model.validate_blocks([feature_block])[0]
+        self.pairs = list(pairs) if pairs is not None else feedback_pairs(model, strategy, feature_block)
+        info = {i.index: i for i in model.feature_info}
+        model.validate_blocks([b for pair in self.pairs for b in pair])
+        self.feedback = nn.ModuleDict({
+            f"{b}_{e}": nn.Sequential(
+                nn.Conv2d(info[b].num_chs, info[e].num_chs, 1, bias=False), nn.BatchNorm2d(info[e].num_chs), nn.ReLU()
+            )
+            for b, e in self.pairs
+        })
+        fb = info[self.feature_block]
+        self.head = AttentionHead(fb.num_chs, fb.resolution, num_classes, **head_kwargs)
+        self.seed = seed
+        self._resolution = {e: info[e].resolution for _, e in self.pairs}
+
+    def noisy(self, images: torch.Tensor, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """x_t with fresh noise while training, per-image deterministic noise in eval mode."""
+        if self.training:
+            noise = torch.randn_like(images)
+        else:
+            noise = per_image_noise(images.shape[1:], range(len(images)) if indices is None else indices, self.seed)[:, 0]
+        return self.model.diffusion.q_sample(images, self.t, noise.to(images))
+
+    def forward(self, images: torch.Tensor, indices: Sequence[int] | None = None) -> torch.Tensor:
+        x_t = self.noisy(images, indices)
+        sources = sorted({b for b, _ in self.pairs})
+        with torch.no_grad():
+            first = self.model.forward_intermediates(x_t, self.t, indices=sources, stop_early=True)
+        additions: dict[int, torch.Tensor] = {}
+        for b, e in self.pairs:
+            f = self.feedback[f"{b}_{e}"](first[b])
+            size = self._resolution[e]
+            if f.shape[-1] != size:
+                f = F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)
+            additions[e] = additions[e] + f if e in additions else f
+        second = self.model.forward_intermediates(
+            x_t, self.t, indices=[self.feature_block], stop_early=True, feedback=additions
+        )
+        return self.head(second[self.feature_block])
