@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_extract_args(p)
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, help="cache folder")
-    p.set_defaults(run=run, model_flags=True)
+    p.set_defaults(run=run, accepts_extra=True)
 
 
 def add_extract_args(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", nargs="?", help="preset name; omit to list the presets")
     p.add_argument("--checkpoint", help="also load this checkpoint strictly, to check that it fits")
-    p.set_defaults(run=run, model_flags=True)
+    p.set_defaults(run=run, accepts_extra=True)
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:

@@ -8,16 +8,16 @@ from collections.abc import Sequence
 
 from ..data import UnreadableImageError
 from ..features.cache import CacheError
-from . import data, demo, evaluate, extract, info, sweep
+from . import data, demo, evaluate, extract, info, sweep, train
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="difrep", description="Text-free diffusion models as representation learners.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (info, data, extract, evaluate, sweep, demo):
+    for module in (info, data, extract, evaluate, sweep, train, demo):
         module.register(sub)
     args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "model_flags", False):
+    if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.run(args, extra) or 0)

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-split", default="test")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--out", required=True, help="output folder (caches, sweep.csv, heatmap PNGs, summary.json)")
-    p.set_defaults(run=run, model_flags=True)
+    p.set_defaults(run=run, accepts_extra=True)
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:

@@ -1,0 +1,48 @@
+"""``difrep train CONFIG [section.option=value ...]`` and ``difrep evaluate CHECKPOINT [...]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from ..training import evaluate_checkpoint, load_config, train
+from ..training.config import parse_override
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a head (resumes from run.out/last.pt)",
+                       description="Train a head on diffusion features. CONFIG is a YAML file (see configs/); "
+                       "any option can be overridden as section.option=value, e.g. optim.lr=0.01 "
+                       "features.blocks=[19,24]. Under torchrun, training is data-parallel.")
+    p.add_argument("config", nargs="?", help="YAML config (defaults apply to what it leaves out)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(run=run_train, accepts_extra=True)
+
+    p = sub.add_parser("evaluate", help="evaluate a training checkpoint on its test split")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", help="write the metrics as JSON (default: print)")
+    p.set_defaults(run=run_evaluate, accepts_extra=True)
+
+
+def run_train(args: argparse.Namespace, extra: list[str]) -> int:
+    cfg = load_config(args.config, extra)
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    metrics = train(cfg)
+    if "checkpoint" in metrics:
+        print(f"top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}% ({cfg.run.out}/metrics.json)")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    overrides = {".".join(keys): value for keys, value in map(parse_override, extra)}
+    result = evaluate_checkpoint(args.checkpoint, overrides)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0

@@ -1,0 +1,158 @@
+"""Run configuration: YAML files with every field overridable from the command line (``optim.lr=0.01``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    name: str = "adm-256-uncond"
+    checkpoint: str | None = None
+    flags: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    name: str = "imagenet"
+    root: str = ""
+    train_split: str = "train"
+    test_split: str = "test"
+    per_class: int | None = None
+    class_list: str | None = None
+    on_error: str = "raise"
+    check: bool = True
+    workers: int | None = None
+    flip: bool = True
+
+
+@dataclass
+class FeatureConfig:
+    timesteps: list[int] = field(default_factory=lambda: [150])
+    blocks: list[int] = field(default_factory=lambda: [24])
+
+
+@dataclass
+class HeadConfig:
+    name: str = "attention"
+    pool: int = 2
+    dim: int = 1024
+    depth: int = 2
+    num_heads: int = 8
+    norm: str = "layernorm"
+    hidden: list[int] = field(default_factory=lambda: [1024])
+    conv_channels: list[int] = field(default_factory=lambda: [512, 256])
+    strategy: str = "bottleneck"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    schedule: str = "step"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    grad_accum: int = 1
+    epochs: int = 28
+    step_epochs: int = 7
+    gamma: float = 0.1
+    eval_every: int = 7
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/run"
+    seed: int = 0
+    precision: str = "fp32"
+    finetune: bool = False
+    tensorboard: bool = True
+    wandb: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_type(value: Any, default: Any, where: str) -> Any:
+    """Values must have their default's type (an int is accepted for a float); None defaults take anything."""
+    if default is None or value is None and not isinstance(default, (list, dict)):
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ValueError(f"option {where}: expected {type(default).__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"section {where.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(where + k for k in unknown)}: valid are "
+                         f"{', '.join(where + k for k in sorted(known))}")
+    defaults = cls()
+    kwargs = {}
+    for name, value in data.items():
+        current = getattr(defaults, name)
+        if is_dataclass(current):
+            kwargs[name] = _build(type(current), value or {}, f"{where}{name}.")
+        else:
+            kwargs[name] = _check_type(value, current, where + name)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.option=value (e.g. optim.lr=0.01)")
+    key, value = text.split("=", 1)
+    return key.split("."), yaml.safe_load(value)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config (missing options keep their defaults) and apply ``section.option=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config {path}: no such file")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config {path}: expected a mapping of sections")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    return _build(TrainConfig, data, "")
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A config from its ``to_dict()`` form (as saved in checkpoints), checked like a YAML file."""
+    return _build(TrainConfig, data, "")

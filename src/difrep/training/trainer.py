@@ -1,0 +1,345 @@
+"""Training and evaluation of heads on (frozen or fine-tuned) diffusion features, on 1 or many processes.
+
+Determinism is by construction: every epoch reseeds the data order from (seed, epoch) and the
+training noise from (seed, epoch, rank), so a run resumed from its last epoch checkpoint ends with
+the same weights and metrics as one never interrupted. Evaluation uses per-image noise and counts
+every test image exactly once, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+from ..data import balanced_subset, build_loader, build_transform, create_dataset
+from ..features import FeatureExtractor
+from ..heads import AttentionHead, CNNHead, DifFeed, DifFormer, LinearHead, MLPHead
+from ..models import create_model
+from .config import TrainConfig, config_from_dict
+
+HEADS = ("linear", "mlp", "cnn", "attention", "difformer", "difeed")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Classifier(nn.Module):
+    """A backbone and a head: images in [-1, 1] to logits. Fresh noise in train mode, per-image noise in eval."""
+
+    def __init__(self, model: nn.Module, head: nn.Module, timesteps: list[int], blocks: list[int], seed: int,
+                 finetune: bool) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+        self.key = (timesteps[0], blocks[0])
+        self._extractors = (
+            FeatureExtractor(model, timesteps, blocks, noise="fresh", requires_grad=finetune, chunk_size=4096),
+            FeatureExtractor(model, timesteps, blocks, noise="fixed", seed=seed, chunk_size=4096),
+        )
+        self.train(False)
+
+    def forward(self, images: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        if isinstance(self.head, DifFeed):
+            return self.head(images, indices)
+        feats = self._extractors[0 if self.training else 1](images, indices)
+        return self.head(feats) if isinstance(self.head, DifFormer) else self.head(feats[self.key])
+
+
+def build_head(cfg: TrainConfig, model: nn.Module, num_classes: int) -> nn.Module:
+    """The configured head, checked against the model before anything is trained."""
+    h, ts, bs = cfg.head, cfg.features.timesteps, cfg.features.blocks
+    if h.name not in HEADS:
+        raise ValueError(f"head.name={h.name!r} is unknown: use one of {', '.join(HEADS)}")
+    model.diffusion.validate_timesteps(ts)
+    model.validate_blocks(bs)
+    if h.name != "difformer" and (len(ts) != 1 or len(bs) != 1):
+        raise ValueError(f"head {h.name!r} takes one noise step and one block: got timesteps={ts}, blocks={bs}")
+    info = {i.index: i for i in model.feature_info}
+    c, s = info[bs[0]].num_chs, info[bs[0]].resolution
+    transformer = dict(dim=h.dim, depth=h.depth, num_heads=h.num_heads, norm=h.norm)
+    if h.name == "linear":
+        return LinearHead(c, num_classes, h.pool)
+    if h.name == "mlp":
+        return MLPHead(c, num_classes, h.hidden, h.pool)
+    if h.name == "cnn":
+        return CNNHead(c, num_classes, h.conv_channels)
+    if h.name == "attention":
+        return AttentionHead(c, s, num_classes, **transformer)
+    if h.name == "difformer":
+        return DifFormer({b: (info[b].num_chs, info[b].resolution) for b in bs}, ts, num_classes, **transformer)
+    return DifFeed(model, num_classes, t=ts[0], feature_block=bs[0], strategy=h.strategy, seed=cfg.run.seed,
+                   **transformer)
+
+
+def _dataset(cfg: TrainConfig, split: str, image_size: int, train: bool) -> tuple[Dataset, int]:
+    d = cfg.data
+    options = {"class_list": d.class_list} if d.class_list else {}
+    data = create_dataset(d.name, d.root, split, transform=build_transform(image_size, train=train, flip=d.flip),
+                          check=d.check, on_error=d.on_error, **options)  # type: ignore[arg-type]
+    classes = len(data.classes)
+    if d.per_class:
+        data = Subset(data, balanced_subset(data.targets, per_class=d.per_class, seed=cfg.run.seed))
+    return data, classes
+
+
+def _distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+class Experiment:
+    """Everything a run needs, built and checked before the first step."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.rank, self.world, self.device = _distributed()
+        if cfg.run.precision not in PRECISIONS:
+            raise ValueError(f"run.precision={cfg.run.precision!r}: use fp32, bf16 or fp16")
+        if cfg.optim.name not in ("sgd", "adam"):
+            raise ValueError(f"optim.name={cfg.optim.name!r}: use sgd or adam")
+        torch.manual_seed(cfg.run.seed)
+        self.model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, **cfg.model.flags)
+        self.train_data, classes = _dataset(cfg, cfg.data.train_split, self.model.image_size, train=True)
+        self.test_data, test_classes = _dataset(cfg, cfg.data.test_split, self.model.image_size, train=False)
+        if classes != test_classes:
+            raise ValueError(f"{cfg.data.train_split} has {classes} classes but {cfg.data.test_split} has {test_classes}")
+        self.num_classes = classes
+        head = build_head(cfg, self.model, classes)
+        if not cfg.run.finetune:
+            self.model.requires_grad_(False)
+        self.classifier = Classifier(self.model, head, cfg.features.timesteps, cfg.features.blocks, cfg.run.seed,
+                                     cfg.run.finetune).to(self.device)
+        self.params = [p for p in self.classifier.parameters() if p.requires_grad]
+        self.net: nn.Module = (DistributedDataParallel(self.classifier) if self.world > 1 else self.classifier)
+        o = cfg.optim
+        if o.name == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(self.params, lr=o.lr, momentum=o.momentum,
+                                                              weight_decay=o.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(self.params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.schedule == "step":
+            self.sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(
+                self.opt, step_size=o.step_epochs, gamma=o.gamma)
+        elif o.schedule == "cosine":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=o.epochs)
+        elif o.schedule == "constant":
+            self.sched = torch.optim.lr_scheduler.ConstantLR(self.opt, factor=1.0)
+        else:
+            raise ValueError(f"optim.schedule={o.schedule!r}: use step, cosine or constant")
+        self.amp_dtype = PRECISIONS[cfg.run.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.out = Path(cfg.run.out)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The weights a run changes: the head, plus the U-Net when fine-tuning."""
+        state = self.classifier.state_dict()
+        return state if self.cfg.run.finetune else {k: v for k, v in state.items() if not k.startswith("model.")}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def evaluate(self) -> dict[str, float]:
+        """Top-1/top-5 over the whole test split, each image once across processes."""
+        loader = build_loader(self.test_data, self.cfg.optim.batch_size, train=False, workers=self.cfg.data.workers,
+                              distributed=self.world > 1)
+        self.classifier.eval()
+        counts = torch.zeros(3, dtype=torch.float64, device=self.device)
+        with torch.no_grad(), self._autocast():
+            for batch in tqdm(loader, desc="evaluate", disable=not (self.cfg.run.progress and self.rank == 0)):
+                if batch is None:
+                    continue
+                images, labels, indices = (x.to(self.device) for x in batch)
+                top5 = self.classifier(images, indices.tolist()).float().topk(min(5, self.num_classes), dim=1).indices
+                hits = top5 == labels[:, None]
+                counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), torch.tensor(len(labels))]).to(counts)
+        if self.world > 1:
+            dist.all_reduce(counts)
+        return {"top1": 100 * counts[0].item() / counts[2].item(), "top5": 100 * counts[1].item() / counts[2].item(),
+                "images": int(counts[2].item())}
+
+    def _train_loader(self, epoch: int):
+        loader = build_loader(self.train_data, self.cfg.optim.batch_size, train=True, workers=self.cfg.data.workers,
+                              distributed=self.world > 1, seed=self.cfg.run.seed)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        loader.generator.manual_seed(self.cfg.run.seed * 1_000_003 + epoch)
+        return loader
+
+    def train_epoch(self, epoch: int) -> float:
+        torch.manual_seed((self.cfg.run.seed * 1_000_003 + epoch) * 4099 + self.rank)
+        self.classifier.train(True)
+        if not self.cfg.run.finetune:
+            self.model.eval()
+        accum, total, steps = self.cfg.optim.grad_accum, 0.0, 0
+        loader = self._train_loader(epoch)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}", unit="batch",
+                   disable=not (self.cfg.run.progress and self.rank == 0))
+        self.opt.zero_grad(set_to_none=True)
+        for step, batch in enumerate(bar):
+            if batch is None:
+                continue
+            images, labels, indices = (x.to(self.device) for x in batch)
+            with self._autocast():
+                loss = F.cross_entropy(self.net(images, indices.tolist()).float(), labels)
+            self.scaler.scale(loss / accum).backward()
+            if (step + 1) % accum == 0 or step + 1 == len(loader):
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.opt.zero_grad(set_to_none=True)
+            total, steps = total + loss.item(), steps + 1
+            bar.set_postfix(loss=f"{total / steps:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.2e}")
+        self.sched.step()
+        return total / max(steps, 1)
+
+    def checkpoint(self, epoch: int, history: list[dict]) -> Path:
+        path = self.out / "last.pt"
+        state = {
+            "epoch": epoch, "config": self.cfg.to_dict(), "weights": self.trainable_state(),
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(), "history": history, "num_classes": self.num_classes,
+        }
+        tmp = path.with_name(f".last.pt.tmp-{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def resume(self) -> tuple[int, list[dict]]:
+        path = self.out / "last.pt"
+        if not path.exists():
+            return 0, []
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        saved = {k: v for k, v in state["config"].items() if k != "run"}
+        now = {k: v for k, v in self.cfg.to_dict().items() if k != "run"}
+        if saved != now or state["config"]["run"]["seed"] != self.cfg.run.seed:
+            raise ValueError(f"{path} was made with another config: choose another run.out or delete it")
+        self.classifier.load_state_dict(state["weights"], strict=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        return state["epoch"], state["history"]
+
+
+def _log(out: Path, row: dict[str, Any], writers: list[Any]) -> None:
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    new = not (out / "metrics.csv").exists()
+    with open(out / "metrics.csv", "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["epoch", "loss", "lr", "top1", "top5", "seconds"], extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+    for writer in writers:
+        for k in ("loss", "lr", "top1", "top5"):
+            if row.get(k) is not None:
+                writer.add_scalar(k, row[k], row["epoch"])
+
+
+def _tensorboard(out: Path, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("tensorboard is not installed: metrics go to metrics.csv and metrics.jsonl only")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+class _WandbLogger:
+    """Weights & Biases, when run.wandb is set (off by default; WANDB_MODE=offline works without a network)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        try:
+            import wandb
+        except ImportError as err:
+            raise ValueError("run.wandb=true needs the wandb package: pip install wandb") from err
+        self.run = wandb.init(project="difrep", name=Path(cfg.run.out).name, config=cfg.to_dict(), dir=cfg.run.out)
+
+    def add_scalar(self, name: str, value: float, step: int) -> None:
+        self.run.log({name: value}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the final metrics, also written to run.out/metrics.json."""
+    exp = Experiment(cfg)
+    exp.out.mkdir(parents=True, exist_ok=True)
+    start, history = exp.resume()
+    writers = []
+    if exp.rank == 0:
+        writers = [w for w in (_tensorboard(exp.out, cfg.run.tensorboard),) if w is not None]
+        if cfg.run.wandb:
+            writers.append(_WandbLogger(cfg))
+    metrics: dict[str, Any] = history[-1] if history else {}
+    for epoch in range(start, cfg.optim.epochs):
+        began, lr = time.perf_counter(), exp.opt.param_groups[0]["lr"]
+        loss = exp.train_epoch(epoch)
+        row: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "lr": lr, "top1": None, "top5": None}
+        if (epoch + 1) % cfg.optim.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
+            row.update(exp.evaluate())
+        row["seconds"] = time.perf_counter() - began
+        history.append(row)
+        if exp.rank == 0:
+            _log(exp.out, row, writers)
+            exp.checkpoint(epoch + 1, history)
+            top = f", top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%" if row["top1"] is not None else ""
+            print(f"epoch {epoch + 1}: loss {loss:.4f}{top}", flush=True)
+        metrics = row
+    if exp.rank == 0:
+        final = {**metrics, "checkpoint": str(exp.out / "last.pt"), "checkpoint_sha256": _sha256(exp.out / "last.pt"),
+                 "config": cfg.to_dict(), "data": asdict(cfg.data)}
+        (exp.out / "metrics.json").write_text(json.dumps(final, indent=2))
+        metrics = final
+    for writer in writers:
+        writer.close()
+    return metrics
+
+
+def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rebuild a run from its checkpoint and evaluate it on its test split (any number of processes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    data = state["config"]
+    for key, value in (overrides or {}).items():
+        section, option = key.split(".", 1)
+        data[section][option] = value
+    cfg = config_from_dict(data)
+    exp = Experiment(cfg)
+    if exp.num_classes != state["num_classes"]:
+        raise ValueError(f"{path} classifies {state['num_classes']} classes, the data has {exp.num_classes}")
+    missing, unexpected = exp.classifier.load_state_dict(state["weights"], strict=False)
+    bad = [k for k in missing if not k.startswith("model.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"{path} does not fit the head of its config: {bad[:5]}")
+    result = {**exp.evaluate(), "checkpoint": str(path), "checkpoint_sha256": _sha256(path), "epoch": state["epoch"],
+              "config": cfg.to_dict()}
+    return result
