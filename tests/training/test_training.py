@@ -129,3 +129,15 @@ def test_finetuning_bf16_cosine_and_tensorboard(fake, tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     with pytest.raises(ValueError, match="optim.schedule='poly'"):
         Experiment(load_config(None, _overrides(fake, tmp_path / "x", **{"optim.schedule": "poly"})))
+
+
+def test_ddp_training_on_two_processes(fake, tmp_path):
+    args = _overrides(fake, tmp_path, **{"optim.epochs": 1, "optim.batch_size": 8})
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29555", "-m", "difrep.cli.main", "train", *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["images"] == 40, "evaluation after DDP training still sees every test image once"
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1], "only rank 0 logs"

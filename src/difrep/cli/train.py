@@ -28,7 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace, extra: list[str]) -> int:
-    cfg = load_config(args.config, extra)
+    config = args.config
+    if config is not None and "=" in config and not Path(config).exists():
+        config, extra = None, [config, *extra]  # no config file: the first argument is an override
+    cfg = load_config(config, extra)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
