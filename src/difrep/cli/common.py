@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
 from ..data import CATALOG, balanced_subset, build_transform, create_dataset
@@ -64,21 +62,3 @@ def build_dataset(args: argparse.Namespace, split: str, image_size: int) -> tupl
 def model_description(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, Any]:
     return {"name": args.model, "config": asdict(model.config), "weights_sha256": weights_sha256(model),
             "init_seed": None if args.checkpoint else args.seed}
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """Rank, world size and device, from torchrun's environment (a single CPU/GPU process otherwise)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return rank, world, device
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()

@@ -6,17 +6,9 @@ import argparse
 
 import torch
 
+from ..distributed import barrier, init_distributed
 from ..features.cache import CacheWriter
-from .common import (
-    add_data_args,
-    add_model_args,
-    barrier,
-    build_dataset,
-    build_model,
-    init_distributed,
-    int_list,
-    model_description,
-)
+from .common import add_data_args, add_model_args, build_dataset, build_model, int_list, model_description
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

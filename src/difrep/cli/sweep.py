@@ -7,10 +7,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ..distributed import init_distributed
 from ..evaluation.plots import plot_sweep
 from ..evaluation.sweep import best_row, run_sweep, write_csv
 from ..features.cache import FeatureCache
-from .common import add_data_args, add_model_args, build_model, init_distributed
+from .common import add_data_args, add_model_args, build_model
 from .extract import add_extract_args, extract_split
 
 

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from ..data import balanced_subset, build_loader, build_transform, create_dataset
+from ..distributed import init_distributed
 from ..features import FeatureExtractor
 from ..heads import AttentionHead, CNNHead, DifFeed, DifFormer, LinearHead, MLPHead
 from ..models import create_model
@@ -94,24 +95,12 @@ def _dataset(cfg: TrainConfig, split: str, image_size: int, train: bool) -> tupl
     return data, classes
 
 
-def _distributed() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return rank, world, device
-
-
 class Experiment:
     """Everything a run needs, built and checked before the first step."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.rank, self.world, self.device = _distributed()
+        self.rank, self.world, self.device = init_distributed()
         if cfg.run.precision not in PRECISIONS:
             raise ValueError(f"run.precision={cfg.run.precision!r}: use fp32, bf16 or fp16")
         if cfg.optim.name not in ("sgd", "adam"):
