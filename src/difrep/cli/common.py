@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
-from ..data import CATALOG, balanced_subset, build_transform, create_dataset
+from ..data import CATALOG, build_transform, load_split
 from ..features.cache import weights_sha256
 from ..models import create_model
 from .overrides import parse_model_flags
@@ -48,10 +48,8 @@ def build_model(args: argparse.Namespace, extra: list[str]) -> torch.nn.Module:
 def build_dataset(args: argparse.Namespace, split: str, image_size: int) -> tuple[Dataset, dict[str, Any]]:
     options = {"class_list": args.class_list} if args.class_list else {}
     transform = build_transform(image_size)
-    data = create_dataset(args.data, args.root, split, transform=transform, check=not args.no_check,
-                          on_error=args.on_error, **options)
-    if args.per_class:
-        data = Subset(data, balanced_subset(data.targets, per_class=args.per_class, seed=args.seed))
+    data, _ = load_split(args.data, args.root, split, transform, args.per_class, args.seed,
+                         check=not args.no_check, on_error=args.on_error, **options)
     description = {
         "name": args.data, "root": str(Path(args.root).resolve()), "split": split, "options": options,
         "per_class": args.per_class, "transform": repr(transform),

@@ -38,12 +38,13 @@ def add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: one per core)")
 
 
-def extract_split(args: argparse.Namespace, model: torch.nn.Module, split: str, out: str,
+def extract_split(args: argparse.Namespace, model: torch.nn.Module, model_info: dict, split: str, out: str,
                   rank: int = 0, world: int = 1, device: torch.device | str = "cpu") -> None:
+    """``model_info`` is :func:`model_description` of ``model``, computed once by the caller (it hashes the weights)."""
     data, data_description = build_dataset(args, split, model.image_size)
     writer = CacheWriter(
         out, model, args.timesteps, args.blocks, args.pool,
-        description={"model": model_description(args, model), "data": data_description},
+        description={"model": model_info, "data": data_description},
         seed=args.seed, num_noise_draws=args.noise_draws, shard_size=args.shard_size,
         storage_dtype=args.storage, chunk_size=args.batch_size * len(args.timesteps), dtype=DTYPES[args.dtype],
     )
@@ -57,7 +58,7 @@ def extract_split(args: argparse.Namespace, model: torch.nn.Module, split: str, 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     rank, world, device = init_distributed()
     model = build_model(args, extra).to(device)
-    extract_split(args, model, args.split, args.out, rank, world, device)
+    extract_split(args, model, model_description(args, model), args.split, args.out, rank, world, device)
     if rank == 0:
         print(f"cache complete: {args.out}")
     return 0

@@ -11,7 +11,7 @@ from ..distributed import init_distributed
 from ..evaluation.plots import plot_sweep
 from ..evaluation.sweep import best_row, run_sweep, write_csv
 from ..features.cache import FeatureCache
-from .common import add_data_args, add_model_args, build_model
+from .common import add_data_args, add_model_args, build_model, model_description
 from .extract import add_extract_args, extract_split
 
 
@@ -33,8 +33,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     rank, world, device = init_distributed()
     model = build_model(args, extra).to(device)
     out = Path(args.out)
+    model_info = model_description(args, model)
     for split, name in (("train", "cache-train"), (args.test_split, "cache-test")):
-        extract_split(args, model, split, str(out / name), rank, world, device)
+        extract_split(args, model, model_info, split, str(out / name), rank, world, device)
     if rank != 0:
         return 0
     rows = run_sweep(FeatureCache(out / "cache-train"), FeatureCache(out / "cache-test"),

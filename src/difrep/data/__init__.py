@@ -1,6 +1,6 @@
 """Data sets in their official layouts, the paper's transforms and robust loading."""
 
-from .catalog import CATALOG, create_dataset, list_datasets
+from .catalog import CATALOG, create_dataset, list_datasets, load_split
 from .fashion_mnist import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
 from .images import (
     ImageDataset,
@@ -34,5 +34,6 @@ __all__ = [
     "list_datasets",
     "load_fashion_mnist",
     "load_rgb",
+    "load_split",
     "read_idx",
 ]

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from . import readers
 from .fashion_mnist import load_fashion_mnist
 from .images import ImageDataset, ImageList, OnError, TensorImageDataset
 from .readers import DatasetLayoutError
+from .subsets import balanced_subset
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -131,3 +132,23 @@ def create_dataset(
     if check:
         check_counts(name, root, split, found_classes, found_images)
     return dataset
+
+
+def load_split(
+    name: str,
+    root: str | Path,
+    split: str,
+    transform: Callable[[Image.Image], Any] | None = None,
+    per_class: int | None = None,
+    seed: int = 0,
+    check: bool = True,
+    on_error: OnError = "raise",
+    **options: Any,
+) -> tuple[Dataset, list[str]]:
+    """:func:`create_dataset`, optionally cut to a seeded class-balanced subset of ``per_class``
+    images a class; returns the data set and the class names of the full split."""
+    data = create_dataset(name, root, split, transform=transform, check=check, on_error=on_error, **options)
+    classes = list(data.classes)
+    if per_class:
+        data = Subset(data, balanced_subset(data.targets, per_class=per_class, seed=seed))
+    return data, classes

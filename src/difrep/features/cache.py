@@ -69,11 +69,12 @@ def weights_sha256(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 4 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -237,7 +238,7 @@ class CacheWriter:
         for name, array in [*feats.items(), ("labels", labels), ("indices", indices)]:
             path = self.out_dir / f"shard-{shard:05d}.{name}.npy"
             _save_npy(path, array)
-            files[path.name] = {"bytes": path.stat().st_size, "sha256": _file_sha256(path), "rows": len(array)}
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path), "rows": len(array)}
         _write_json(self.out_dir / f"shard-{shard:05d}.done.json", {"files": files})
 
 
@@ -343,5 +344,5 @@ class FeatureCache:
         """Recompute every file's SHA-256 against its record (reads the whole cache)."""
         for record in self.records:
             for name, info in record.items():
-                if _file_sha256(self.folder / name) != info["sha256"]:
+                if file_sha256(self.folder / name) != info["sha256"]:
                     raise CacheError(f"{self.folder / name}: content differs from the recorded SHA-256")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import os
 import time
@@ -23,12 +22,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..data import balanced_subset, build_loader, build_transform, create_dataset
+from ..data import build_loader, build_transform, load_split
 from ..distributed import init_distributed
 from ..features import FeatureExtractor
+from ..features.cache import file_sha256
 from ..heads import AttentionHead, CNNHead, DifFeed, DifFormer, LinearHead, MLPHead
 from ..models import create_model
 from .config import TrainConfig, config_from_dict
@@ -87,12 +87,9 @@ def build_head(cfg: TrainConfig, model: nn.Module, num_classes: int) -> nn.Modul
 def _dataset(cfg: TrainConfig, split: str, image_size: int, train: bool) -> tuple[Dataset, int]:
     d = cfg.data
     options = {"class_list": d.class_list} if d.class_list else {}
-    data = create_dataset(d.name, d.root, split, transform=build_transform(image_size, train=train, flip=d.flip),
-                          check=d.check, on_error=d.on_error, **options)  # type: ignore[arg-type]
-    classes = len(data.classes)
-    if d.per_class:
-        data = Subset(data, balanced_subset(data.targets, per_class=d.per_class, seed=cfg.run.seed))
-    return data, classes
+    data, classes = load_split(d.name, d.root, split, build_transform(image_size, train=train, flip=d.flip),
+                               d.per_class, cfg.run.seed, check=d.check, on_error=d.on_error, **options)  # type: ignore[arg-type]
+    return data, len(classes)
 
 
 class Experiment:
@@ -272,10 +269,6 @@ class _WandbLogger:
         self.run.finish()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns the final metrics, also written to run.out/metrics.json."""
     exp = Experiment(cfg)
@@ -302,7 +295,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             print(f"epoch {epoch + 1}: loss {loss:.4f}{top}", flush=True)
         metrics = row
     if exp.rank == 0:
-        final = {**metrics, "checkpoint": str(exp.out / "last.pt"), "checkpoint_sha256": _sha256(exp.out / "last.pt"),
+        final = {**metrics, "checkpoint": str(exp.out / "last.pt"), "checkpoint_sha256": file_sha256(exp.out / "last.pt"),
                  "config": cfg.to_dict(), "data": asdict(cfg.data)}
         (exp.out / "metrics.json").write_text(json.dumps(final, indent=2))
         metrics = final
@@ -329,6 +322,6 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
     bad = [k for k in missing if not k.startswith("model.")] + list(unexpected)
     if bad:
         raise ValueError(f"{path} does not fit the head of its config: {bad[:5]}")
-    result = {**exp.evaluate(), "checkpoint": str(path), "checkpoint_sha256": _sha256(path), "epoch": state["epoch"],
+    result = {**exp.evaluate(), "checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "epoch": state["epoch"],
               "config": cfg.to_dict()}
     return result
