@@ -1,0 +1,98 @@
+"""Samplers: DDPM ancestral sampling and DDIM, both on any number of (respaced) steps.
+
+The model is called as ``model(x_t, t)`` with the step numbers it was trained on; a learned
+variance (6 output channels for RGB) is used by DDPM and ignored by DDIM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .gaussian import GaussianDiffusion, ModelFn
+
+
+def _start(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator).to(device)
+
+
+@torch.no_grad()
+def ddpm_sample(
+    model: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int],
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    clip: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Ancestral sampling x_T -> x_0 through p(x_{t-1} | x_t); no noise is added at the last step."""
+    x = _start(shape, generator, device)
+    for i in tqdm(range(diffusion.num_timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
+        t = torch.full((shape[0],), i, dtype=torch.long, device=device)
+        out = diffusion.p_mean_variance(model(x, diffusion.model_t(t)).float(), x, t, clip=clip)
+        x = out["mean"]
+        if i > 0:
+            x = x + out["variance"].sqrt() * _start(shape, generator, device)
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int],
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    clip: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DDIM (Song et al.): deterministic for eta = 0, DDPM-like noise for eta = 1."""
+    x = _start(shape, generator, device)
+    for i in tqdm(range(diffusion.num_timesteps - 1, -1, -1), desc="DDIM", disable=not progress):
+        t = torch.full((shape[0],), i, dtype=torch.long, device=device)
+        output = model(x, diffusion.model_t(t)).float()
+        eps = output[:, : shape[1]]
+        x0 = diffusion.predict_x0(x, t, eps)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = diffusion.predict_eps(x, t, x0)
+        abar = diffusion._coef(diffusion.alphas_cumprod, t, x)
+        abar_prev = diffusion._coef(diffusion.alphas_cumprod_prev, t, x)
+        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+        x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).sqrt() * eps
+        if i > 0 and eta > 0:
+            x = x + sigma * _start(shape, generator, device)
+    return x
+
+
+def sample(
+    model: torch.nn.Module,
+    num: int,
+    steps: int = 100,
+    method: str = "ddim",
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> torch.Tensor:
+    """``num`` images in [-1, 1] from an unconditional ADM U-Net, with ``steps`` respaced steps."""
+    if method not in ("ddpm", "ddim"):
+        raise ValueError(f"method={method!r}: use 'ddpm' or 'ddim'")
+    if getattr(model, "num_classes", None) is not None:
+        raise ValueError("this model is class-conditional: difrep samples unconditional models only")
+    diffusion = model.diffusion.respaced(steps)
+    generator = torch.Generator().manual_seed(seed)
+    size, channels = model.image_size, model.config.in_channels
+    batches = []
+    for start in range(0, num, batch_size):
+        shape = (min(batch_size, num - start), channels, size, size)
+        if method == "ddpm":
+            batches.append(ddpm_sample(model, diffusion, shape, generator, device, progress=progress))
+        else:
+            batches.append(ddim_sample(model, diffusion, shape, eta, generator, device, progress=progress))
+    return torch.cat(batches)
