@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,9 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def _build(cls: type, data: Any, where: str, defaults: Any = None) -> Any:
+    """``defaults`` (a ``cls`` instance) supplies what ``data`` leaves out; a section's own default
+    (``PretrainConfig.model`` names 'adm', say) wins over its class's."""
     if not isinstance(data, dict):
         raise ValueError(f"section {where.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     known = {f.name for f in fields(cls)}
@@ -114,15 +116,15 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(where + k for k in unknown)}: valid are "
                          f"{', '.join(where + k for k in sorted(known))}")
-    defaults = cls()
+    defaults = cls() if defaults is None else defaults
     kwargs = {}
     for name, value in data.items():
         current = getattr(defaults, name)
         if is_dataclass(current):
-            kwargs[name] = _build(type(current), value or {}, f"{where}{name}.")
+            kwargs[name] = _build(type(current), value or {}, f"{where}{name}.", current)
         else:
             kwargs[name] = _check_type(value, current, where + name)
-    return cls(**kwargs)
+    return replace(defaults, **kwargs)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -132,8 +134,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(value)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a YAML config (missing options keep their defaults) and apply ``section.option=value`` overrides."""
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), schema: type = TrainConfig) -> Any:
+    """Read a YAML config (missing options keep their defaults) and apply ``section.option=value`` overrides.
+
+    ``schema`` is the dataclass of sections: :class:`TrainConfig` (heads) or ``PretrainConfig`` (diffusion)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -150,9 +154,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             if not isinstance(node, dict):
                 raise ValueError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
-    return _build(TrainConfig, data, "")
+    return _build(schema, data, "")
 
 
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+def config_from_dict(data: dict[str, Any], schema: type = TrainConfig) -> Any:
     """A config from its ``to_dict()`` form (as saved in checkpoints), checked like a YAML file."""
-    return _build(TrainConfig, data, "")
+    return _build(schema, data, "")
