@@ -8,13 +8,13 @@ from collections.abc import Sequence
 
 from ..data import UnreadableImageError
 from ..features.cache import CacheError
-from . import data, demo, evaluate, extract, info, sweep, train
+from . import data, demo, evaluate, extract, info, pretrain, sample, sweep, train
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="difrep", description="Text-free diffusion models as representation learners.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (info, data, extract, evaluate, sweep, train, demo):
+    for module in (info, data, extract, evaluate, sweep, train, pretrain, sample, demo):
         module.register(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_extra", False):
