@@ -150,3 +150,17 @@ def test_difeed_trains_feedback_and_head_only_and_stops_early(unet, difeed):
     assert all(p.grad is None for p in unet.parameters()), "the frozen U-Net keeps no gradient"
     assert all(p.grad is not None for p in difeed.feedback.parameters())
     assert all(p.grad is not None for p in difeed.head.parameters())
+
+
+def test_difeed_training_noise_is_fresh_by_default_and_per_image_when_fixed(unet):
+    unet.requires_grad_(False)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    for noise, same in (("fresh", False), ("fixed", True)):
+        torch.manual_seed(0)
+        head = DifFeed(unet, 5, t=150, feature_block=14, dim=32, depth=1, num_heads=4, train_noise=noise).train()
+        with torch.no_grad():
+            a, b = head(x, indices=[1, 2, 3]), head(x, indices=[1, 2, 3])
+        assert torch.equal(a, b) is same, noise
+    with pytest.raises(ValueError, match="train_noise='sometimes'"):
+        DifFeed(unet, 5, feature_block=14, train_noise="sometimes")
+    unet.requires_grad_(True)

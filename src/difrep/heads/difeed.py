@@ -55,6 +55,7 @@ class DifFeed(nn.Module):
         strategy: Strategy = "bottleneck",
         pairs: Sequence[tuple[int, int]] | None = None,
         seed: int = 0,
+        train_noise: Literal["fresh", "fixed"] = "fresh",
         **head_kwargs,
     ) -> None:
         super().__init__()
@@ -72,12 +73,14 @@ class DifFeed(nn.Module):
         })
         fb = info[self.feature_block]
         self.head = AttentionHead(fb.num_chs, fb.resolution, num_classes, **head_kwargs)
-        self.seed = seed
+        if train_noise not in ("fresh", "fixed"):
+            raise ValueError(f"train_noise={train_noise!r}: use 'fresh' (the paper) or 'fixed' (per-image noise)")
+        self.seed, self.train_noise = seed, train_noise
         self._resolution = {e: info[e].resolution for _, e in self.pairs}
 
     def noisy(self, images: torch.Tensor, indices: Sequence[int] | None = None) -> torch.Tensor:
-        """x_t with fresh noise while training, per-image deterministic noise in eval mode."""
-        if self.training:
+        """x_t with fresh noise while training (unless ``train_noise='fixed'``), per-image noise otherwise."""
+        if self.training and self.train_noise == "fresh":
             noise = torch.randn_like(images)
         else:
             noise = per_image_noise(images.shape[1:], range(len(images)) if indices is None else indices, self.seed)[:, 0]
