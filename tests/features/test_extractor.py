@@ -46,9 +46,11 @@ def test_results_do_not_depend_on_batching_order_or_chunks(unet, images):
     shuffled = ex(images[perm], indices=perm)
     ex.chunk_size = 1
     halves = [ex(images[:2], indices=[0, 1]), ex(images[2:], indices=[2, 3, 4])]
+    # oneDNN picks convolution kernels by batch size, so float32 round-off (seen: 1.2e-5) differs with the
+    # batching; a wrong noise or image assignment would differ by O(1)
     for key, f in whole.items():
-        torch.testing.assert_close(shuffled[key], f[perm], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(torch.cat([h[key] for h in halves]), f, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(shuffled[key], f[perm], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(torch.cat([h[key] for h in halves]), f, rtol=1e-4, atol=1e-4)
 
 
 def test_pooling_and_noise_averaging(unet, images):
