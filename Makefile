@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.difrep-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: setup test demo bench fashion-mnist clean
+.PHONY: setup test demo bench pretrain fashion-mnist clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ demo: $(STAMP) fashion-mnist
 
 bench: $(STAMP)
 	$(PY) benchmarks/extract.py
+	$(PY) benchmarks/pretrain.py
+
+# retrain the shipped model (about 65 minutes on a 2-core CPU); weights in runs/pretrain_fashion_mnist/
+pretrain: $(STAMP) fashion-mnist
+	$(VENV)/bin/difrep pretrain configs/pretrain_fashion_mnist.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -63,6 +63,7 @@ def test_a_run_writes_its_log_and_exports_loadable_ema_weights(fake, tmp_path):
     summary = pretrain(_cfg(fake, tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "loss.csv")))
     assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    assert (tmp_path / "loss.png").stat().st_size > 1000
     assert all(float(r["loss"]) > float(r["mse"]) > 0 and float(r["vb"]) > 0 for r in rows)
     weights = tmp_path / "ema.safetensors"
     with safe_open(str(weights), "pt") as f:
@@ -107,3 +108,22 @@ def test_conditional_models_and_bad_options_are_refused(fake, tmp_path):
 def test_a_config_keeps_the_defaults_of_its_sections():
     cfg = load_config(None, ["optim.lr=0.001"], schema=PretrainConfig)
     assert cfg.model.name == "adm" and cfg.data.name == "fashion-mnist" and cfg.optim.lr == 0.001
+
+
+def test_data_parallel_pretraining_on_two_processes(fake, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = _cfg(fake, tmp_path / "ddp", **{"optim.steps": 4, "optim.batch_size": 2})
+    args = [f"model.flags={json.dumps(TINY)}", f"data.root={fake}", "data.check=false", "data.workers=0",
+            "optim.batch_size=2", "optim.steps=4", f"run.out={tmp_path / 'ddp'}", "run.log_every=2",
+            "run.progress=false"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29561", "-m", "difrep.cli.main", "pretrain", *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "ddp" / "loss.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4], "only rank 0 logs"
+    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    assert state["step"] == 4 and state["config"]["optim"]["batch_size"] == cfg.optim.batch_size
+    create_model("adm", checkpoint=tmp_path / "ddp" / "ema.safetensors", **TINY)

@@ -27,6 +27,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="adm-256-uncond", help="preset (difrep info lists them); "
                    "extra --flag value pairs override guided-diffusion flags")
     p.add_argument("--checkpoint", help=".pt or .safetensors weights (default: random initialisation)")
+    p.add_argument("--pretrained", action="store_true", help="load the weights difrep ships for --model "
+                   "(adm-fmnist-28)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (and of a random initialisation)")
 
 
@@ -42,7 +44,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 def build_model(args: argparse.Namespace, extra: list[str]) -> torch.nn.Module:
     flags = parse_model_flags(args.model, extra)
     torch.manual_seed(args.seed)
-    return create_model(args.model, checkpoint=args.checkpoint, **flags)
+    return create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **flags)
 
 
 def build_dataset(args: argparse.Namespace, split: str, image_size: int) -> tuple[Dataset, dict[str, Any]]:
@@ -59,4 +61,4 @@ def build_dataset(args: argparse.Namespace, split: str, image_size: int) -> tupl
 
 def model_description(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, Any]:
     return {"name": args.model, "config": asdict(model.config), "weights_sha256": weights_sha256(model),
-            "init_seed": None if args.checkpoint else args.seed}
+            "init_seed": None if args.checkpoint or args.pretrained else args.seed}

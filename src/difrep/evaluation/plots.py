@@ -59,3 +59,26 @@ def plot_cka(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_loss_curve(csv_path: str | Path, path: str | Path, title: str = "") -> None:
+    """The pretraining log (loss.csv): L_simple and the VB term against the step, log scale."""
+    import csv
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("mse", "L_simple (eps MSE)"), ("vb", "L_vlb term (bits/dim)")):
+        values = [float(r[key]) for r in rows if r.get(key)]
+        if values:
+            ax.plot(steps[: len(values)], values, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "pretraining loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -2,7 +2,7 @@
 
 from .adm import ADMConfig, ADMEncoder, ADMEncoderConfig, ADMUNet, BlockInfo
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict
-from .registry import PRESETS, create_model, list_models
+from .registry import PRESETS, create_model, list_models, shipped_weights
 
 __all__ = [
     "PRESETS",
@@ -16,4 +16,5 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "read_state_dict",
+    "shipped_weights",
 ]

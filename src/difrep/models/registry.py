@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,27 @@ _CLASSIFIER = dict(
 )
 
 
+_FMNIST_28 = dict(
+    image_size=28,
+    num_channels=32,
+    channel_mult="1,2,2",
+    num_res_blocks=2,
+    attention_resolutions="7",
+    num_head_channels=32,
+    resblock_updown=True,
+    use_scale_shift_norm=True,
+    learn_sigma=True,
+    diffusion_steps=1000,
+    noise_schedule="linear",
+)
+
+
 @dataclass(frozen=True)
 class Preset:
     config: ADMConfig
     checkpoint: str
     description: str
+    shipped: str = ""  # weights file inside the difrep package (models/weights/), if difrep ships them
 
     @property
     def builder(self) -> type:
@@ -53,6 +70,11 @@ PRESETS: dict[str, Preset] = {
     ),
     "adm-256-cond": Preset(
         ADMConfig(**_ADM_256, class_cond=True), "256x256_diffusion.pt", "ImageNet 256, class-conditional"
+    ),
+    "adm-fmnist-28": Preset(
+        ADMConfig(**_FMNIST_28), "adm_fmnist_28.safetensors",
+        "difrep's own: Fashion-MNIST 28, unconditional, 1.9M parameters (pretrained=True loads the shipped weights)",
+        shipped="adm_fmnist_28.safetensors",
     ),
     "adm-64-cond": Preset(
         ADMConfig(
@@ -114,14 +136,34 @@ def _config_for(name: str, overrides: dict[str, Any]) -> ADMConfig:
     return replace(base, **overrides)
 
 
+def shipped_weights(name: str) -> Path:
+    """The path of the weights difrep ships for preset ``name``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}: available models are {', '.join(list_models())}")
+    preset = PRESETS[name]
+    if not preset.shipped:
+        shipped = [k for k, v in PRESETS.items() if v.shipped]
+        raise ValueError(f"difrep ships no weights for {name!r} (it does for {', '.join(shipped)}): pass "
+                         f"checkpoint={preset.checkpoint or 'FILE'!r} instead")
+    path = Path(str(resources.files("difrep.models") / "weights" / preset.shipped))
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped weights of {name!r} are missing from the installation: {path}")
+    return path
+
+
 def create_model(
-    name: str, checkpoint: str | Path | None = None, **overrides: Any
+    name: str, checkpoint: str | Path | None = None, pretrained: bool = False, **overrides: Any
 ) -> ADMUNet | ADMEncoder:
     """Build a backbone from a preset and guided-diffusion flag overrides, optionally with weights.
 
-    The model is returned in eval mode. With a checkpoint the random initialisation is skipped:
-    the model is built on the meta device and adopts the checkpoint's tensors (as float32).
+    ``pretrained`` loads the weights difrep ships for the preset (``adm-fmnist-28``). The model is
+    returned in eval mode. With weights the random initialisation is skipped: the model is built on
+    the meta device and adopts the checkpoint's tensors (as float32).
     """
+    if pretrained:
+        if checkpoint is not None:
+            raise ValueError("pass either checkpoint or pretrained=True, not both")
+        checkpoint = shipped_weights(name)
     config = _config_for(name, overrides)
     builder = PRESETS[name].builder
     if checkpoint is None:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..data import build_transform, collate_skipping, load_split
 from ..distributed import init_distributed
+from ..evaluation.plots import plot_loss_curve
 from ..models import create_model
 from .config import PretrainConfig
 
@@ -254,6 +255,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if main:
         weights = trainer.export(trainer.out / "ema.safetensors")
+        plot_loss_curve(log_path, trainer.out / "loss.png", f"{cfg.model.name} on {cfg.data.name}")
         summary = {"steps": cfg.optim.steps, "resumed_from": start, "seconds_this_run": time.perf_counter() - began,
                    "weights": str(weights), "parameters": sum(p.numel() for p in trainer.model.parameters()),
                    "config": cfg.to_dict()}

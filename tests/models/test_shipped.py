@@ -1,0 +1,66 @@
+"""The diffusion model difrep ships: small, safe to load, and actually trained on Fashion-MNIST."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from difrep import create_model
+from difrep.data import DEBIAN_FASHION_MNIST, build_transform, create_dataset
+from difrep.models import shipped_weights
+
+needs_data = pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist is not installed")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return create_model("adm-fmnist-28", pretrained=True)
+
+
+def test_the_shipped_file_is_safetensors_under_10_mb_and_fits_the_preset(shipped):
+    path = shipped_weights("adm-fmnist-28")
+    assert path.suffix == ".safetensors" and path.stat().st_size <= 10 * 1024 * 1024
+    assert sum(p.numel() for p in shipped.parameters()) == 1_923_622
+    assert shipped.num_blocks == 19 and shipped.image_size == 28 and not shipped.training
+
+
+def test_a_preset_without_shipped_weights_says_so():
+    with pytest.raises(ValueError, match="difrep ships no weights for 'adm-256-uncond'.*adm-fmnist-28"):
+        create_model("adm-256-uncond", pretrained=True)
+    with pytest.raises(ValueError, match="either checkpoint or pretrained"):
+        create_model("adm-fmnist-28", checkpoint="x.pt", pretrained=True)
+
+
+def test_a_model_loaded_from_weights_keeps_its_noise_schedule_on_the_cpu(shipped):
+    assert shipped.diffusion.betas.device.type == "cpu"
+    x_t = shipped.diffusion.q_sample(torch.zeros(1, 3, 28, 28), 10)
+    assert x_t.device.type == "cpu" and torch.isfinite(x_t).all()
+
+
+@needs_data
+def test_the_shipped_model_denoises_real_images_and_a_random_one_does_not(shipped):
+    data = create_dataset("fashion-mnist", DEBIAN_FASHION_MNIST, "test", transform=build_transform(28), check=False)
+    x0 = torch.stack([data[i][0] for i in range(32)])
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(x0.shape, generator=gen)
+    torch.manual_seed(0)
+    random = create_model("adm-fmnist-28")
+    for t in (50, 300):
+        x_t = shipped.diffusion.q_sample(x0, t, noise)
+        with torch.no_grad():
+            trained_mse = (shipped(x_t, t)[:, :3] - noise).pow(2).mean().item()
+            random_mse = (random(x_t, t)[:, :3] - noise).pow(2).mean().item()
+        assert trained_mse < 0.25 and random_mse > 0.9, (t, trained_mse, random_mse)
+
+
+def test_the_preset_is_the_architecture_of_the_pretraining_config():
+    from pathlib import Path
+
+    from difrep.pretraining import PretrainConfig
+    from difrep.training import load_config
+
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "pretrain_fashion_mnist.yaml", schema=PretrainConfig)
+    with torch.device("meta"):
+        trained = create_model(cfg.model.name, **cfg.model.flags)
+        preset = create_model("adm-fmnist-28")
+    assert trained.config == preset.config
