@@ -164,3 +164,11 @@ def test_difeed_training_noise_is_fresh_by_default_and_per_image_when_fixed(unet
     with pytest.raises(ValueError, match="train_noise='sometimes'"):
         DifFeed(unet, 5, feature_block=14, train_noise="sometimes")
     unet.requires_grad_(True)
+
+
+def test_difeed_with_a_precomputed_first_pass_gives_the_same_logits(unet, difeed):
+    difeed.eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        first = difeed.first_pass(difeed.noisy(x, [7, 8]))
+        torch.testing.assert_close(difeed(x, [7, 8], first=first), difeed(x, [7, 8]))

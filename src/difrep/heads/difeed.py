@@ -86,11 +86,19 @@ class DifFeed(nn.Module):
             noise = per_image_noise(images.shape[1:], range(len(images)) if indices is None else indices, self.seed)[:, 0]
         return self.model.diffusion.q_sample(images, self.t, noise.to(images))
 
-    def forward(self, images: torch.Tensor, indices: Sequence[int] | None = None) -> torch.Tensor:
-        x_t = self.noisy(images, indices)
-        sources = sorted({b for b, _ in self.pairs})
+    def first_pass(self, x_t: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The decoder features the feedback layers read: the frozen U-Net, without gradient."""
         with torch.no_grad():
-            first = self.model.forward_intermediates(x_t, self.t, indices=sources, stop_early=True)
+            return self.model.forward_intermediates(x_t, self.t, indices=sorted({b for b, _ in self.pairs}),
+                                                    stop_early=True)
+
+    def forward(self, images: torch.Tensor, indices: Sequence[int] | None = None,
+                first: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits for images in [-1, 1]. ``first`` may hold :meth:`first_pass` of the same x_t, computed
+        once when the noise is fixed per image (it does not depend on anything DifFeed learns)."""
+        x_t = self.noisy(images, indices)
+        if first is None:
+            first = self.first_pass(x_t)
         additions: dict[int, torch.Tensor] = {}
         for b, e in self.pairs:
             f = self.feedback[f"{b}_{e}"](first[b])
