@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from fakes import make_fashion_mnist
 
 from difrep.cli.main import main
 from difrep.models import create_model
@@ -49,13 +48,6 @@ def test_info_lists_presets_and_rejects_bad_flags(capsys):
     assert main(["info", "adm", "--learn_sigma", "maybe"]) == 2
     assert "--learn_sigma takes true or false" in capsys.readouterr().err
 
-
-def test_demo_runs_on_idx_files(tmp_path, capsys):
-    make_fashion_mnist(tmp_path, n=4)
-    assert main(["demo", "--data", str(tmp_path), "--images", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "stopped at block 18 of 25" in out
-    assert "(4, 256, 8, 8)" in out  # block 13 (middle) of the 64x64 model: 4x64 channels at 8x8
 
 
 def test_data_check_reports_counts_and_mismatches(tmp_path, capsys):
