@@ -69,8 +69,8 @@ def test_mean_gradient_of_the_vb_term_is_stopped():
 @pytest.mark.parametrize("steps", [250, 50, 10])
 def test_respacing_keeps_alpha_bar_and_matches_guided_diffusion(steps):
     pytest.importorskip("guided_diffusion.respace")
-    from guided_diffusion.respace import SpacedDiffusion, space_timesteps
     from guided_diffusion import gaussian_diffusion as gd
+    from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 
     base = GaussianDiffusion(1000, "linear")
     spaced = base.respaced(steps)

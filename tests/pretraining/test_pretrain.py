@@ -33,6 +33,11 @@ def _cfg(root, out, **extra) -> PretrainConfig:
     return load_config(None, [f"{k}={v}" for k, v in base.items()], schema=PretrainConfig)
 
 
+def _log(path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def test_step_batches_are_epoch_permutations_split_between_ranks():
     one = list(StepBatches(10, 2, seed=0, start=0, stop=10))
     assert sorted(i for b in one[:5] for i in b) == list(range(10))
@@ -61,7 +66,7 @@ def test_ema_follows_the_warmed_up_decay():
 
 def test_a_run_writes_its_log_and_exports_loadable_ema_weights(fake, tmp_path):
     summary = pretrain(_cfg(fake, tmp_path))
-    rows = list(csv.DictReader(open(tmp_path / "loss.csv")))
+    rows = _log(tmp_path / "loss.csv")
     assert [int(r["step"]) for r in rows] == [2, 4, 6]
     assert (tmp_path / "loss.png").stat().st_size > 1000
     assert all(float(r["loss"]) > float(r["mse"]) > 0 and float(r["vb"]) > 0 for r in rows)
@@ -92,7 +97,7 @@ def test_a_killed_run_resumes_to_the_same_weights(fake, tmp_path):
 def test_the_loss_goes_down(fake, tmp_path):
     pretrain(_cfg(fake, tmp_path, **{"optim.steps": 40, "run.log_every": 10, "run.save_every": 40,
                                      "optim.lr": 2e-3}))
-    mse = [float(r["mse"]) for r in csv.DictReader(open(tmp_path / "loss.csv"))]
+    mse = [float(r["mse"]) for r in _log(tmp_path / "loss.csv")]
     assert mse[-1] < 0.6 * mse[0], mse
 
 
@@ -122,7 +127,7 @@ def test_data_parallel_pretraining_on_two_processes(fake, tmp_path):
                            "29561", "-m", "difrep.cli.main", "pretrain", *args],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = list(csv.DictReader(open(tmp_path / "ddp" / "loss.csv")))
+    rows = _log(tmp_path / "ddp" / "loss.csv")
     assert [int(r["step"]) for r in rows] == [2, 4], "only rank 0 logs"
     state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert state["step"] == 4 and state["config"]["optim"]["batch_size"] == cfg.optim.batch_size

@@ -101,7 +101,8 @@ class GaussianDiffusion:
             )
         return t
 
-    def _coef(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def coef(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``table[t]`` (one of the schedule's float64 tables) cast to ``like`` and shaped to broadcast over it."""
         coef = table[t.cpu()].to(device=like.device, dtype=like.dtype)
         return coef.reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -115,23 +116,23 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn_like(x0)
         return (
-            self._coef(self.sqrt_alphas_cumprod, t, x0) * x0
-            + self._coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+            self.coef(self.sqrt_alphas_cumprod, t, x0) * x0
+            + self.coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
         )
 
     def q_posterior(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
-        mean = self._coef(self.posterior_mean_coef1, t, x_t) * x0 + self._coef(self.posterior_mean_coef2, t, x_t) * x_t
-        return mean, self._coef(self.posterior_variance, t, x_t), self._coef(self.posterior_log_variance_clipped, t, x_t)
+        mean = self.coef(self.posterior_mean_coef1, t, x_t) * x0 + self.coef(self.posterior_mean_coef2, t, x_t) * x_t
+        return mean, self.coef(self.posterior_variance, t, x_t), self.coef(self.posterior_log_variance_clipped, t, x_t)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return self._coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self._coef(
+        return self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self.coef(
             self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return (self._coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / self._coef(
+        return (self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / self.coef(
             self.sqrt_recipm1_alphas_cumprod, t, x_t)
 
     def model_t(self, t: torch.Tensor) -> torch.Tensor:
@@ -149,16 +150,16 @@ class GaussianDiffusion:
         channels = x_t.shape[1]
         if output.shape[1] == 2 * channels:
             eps, v = output.split(channels, dim=1)
-            min_log = self._coef(self.posterior_log_variance_clipped, t, x_t)
-            max_log = self._coef(self.betas.log(), t, x_t)
+            min_log = self.coef(self.posterior_log_variance_clipped, t, x_t)
+            max_log = self.coef(self.betas.log(), t, x_t)
             frac = (v + 1) / 2
             log_variance = frac * max_log + (1 - frac) * min_log
             variance = log_variance.exp()
         elif output.shape[1] == channels:
             eps = output
             large = torch.cat([self.posterior_variance[1:2], self.betas[1:]])
-            variance = self._coef(large, t, x_t).expand_as(x_t)
-            log_variance = self._coef(large.log(), t, x_t).expand_as(x_t)
+            variance = self.coef(large, t, x_t).expand_as(x_t)
+            log_variance = self.coef(large.log(), t, x_t).expand_as(x_t)
         else:
             raise ValueError(f"model output has {output.shape[1]} channels: expected {channels} or {2 * channels}")
         x0 = self.predict_x0(x_t, t, eps)

@@ -60,8 +60,8 @@ def ddim_sample(
         if clip:
             x0 = x0.clamp(-1, 1)
             eps = diffusion.predict_eps(x, t, x0)
-        abar = diffusion._coef(diffusion.alphas_cumprod, t, x)
-        abar_prev = diffusion._coef(diffusion.alphas_cumprod_prev, t, x)
+        abar = diffusion.coef(diffusion.alphas_cumprod, t, x)
+        abar_prev = diffusion.coef(diffusion.alphas_cumprod_prev, t, x)
         sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
         x = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).sqrt() * eps
         if i > 0 and eta > 0:

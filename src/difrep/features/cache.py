@@ -82,14 +82,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to a temporary name beside ``path``, then rename: readers never see a partial file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True)))
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True)))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -97,7 +98,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         with open(p, "wb") as f:
             np.save(f, array)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _describe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:

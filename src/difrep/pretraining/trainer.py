@@ -13,7 +13,6 @@ import copy
 import csv
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -23,12 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ..data import build_transform, collate_skipping, load_split
 from ..distributed import init_distributed
 from ..evaluation.plots import plot_loss_curve
+from ..features.cache import atomic_write
 from ..models import create_model
 from .config import PretrainConfig
 
@@ -162,9 +162,7 @@ class Pretrainer:
         state = {"step": step, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
                  "ema": self.ema.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "scaler": self.scaler.state_dict()}
-        tmp = path.with_name(f".last.pt.tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda p: torch.save(state, p))
         return path
 
     def resume(self) -> int:
@@ -192,9 +190,7 @@ class Pretrainer:
                  for k, v in self.ema.model.state_dict().items()}
         meta = {"model": self.cfg.model.name, "flags": json.dumps(self.cfg.model.flags, sort_keys=True),
                 "config": json.dumps(asdict(self.model.config), sort_keys=True)}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        atomic_write(path, lambda p: save_file(state, str(p), metadata=meta))
         return path
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 from ..data import build_loader, build_transform, load_split
 from ..distributed import init_distributed
 from ..features import FeatureExtractor
-from ..features.cache import file_sha256
+from ..features.cache import atomic_write, file_sha256
 from ..heads import AttentionHead, CNNHead, DifFeed, DifFormer, LinearHead, MLPHead
 from ..models import create_model
 from .config import TrainConfig, config_from_dict
@@ -205,9 +204,7 @@ class Experiment:
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(), "history": history, "num_classes": self.num_classes,
         }
-        tmp = path.with_name(f".last.pt.tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda p: torch.save(state, p))
         return path
 
     def resume(self) -> tuple[int, list[dict]]:
