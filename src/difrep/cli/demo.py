@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     cfg = DemoConfig(data_root=args.data, out=args.out, train_per_class=args.train_per_class,
-                     test_per_class=args.test_per_class, head_train_per_class=args.head_train_per_class, timesteps=args.timesteps, blocks=args.blocks, seeds=args.seeds,
+                     test_per_class=args.test_per_class, head_train_per_class=args.head_train_per_class,
+                     timesteps=args.timesteps, blocks=args.blocks, seeds=args.seeds,
                      protocol=replace(HeadProtocol(), epochs=args.epochs), samples=args.samples,
                      checkpoint=args.checkpoint, progress=not args.no_progress)
     run_demo(cfg)

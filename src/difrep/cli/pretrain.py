@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-import yaml
 
 from ..pretraining import PretrainConfig, pretrain
-from ..training import load_config
+from .train import config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,12 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    config = args.config
-    if config is not None and "=" in config and not Path(config).exists():
-        config, extra = None, [config, *extra]
-    cfg = load_config(config, extra, schema=PretrainConfig)
-    if args.print_config:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    cfg = config_from_args(args, extra, PretrainConfig)
+    if cfg is None:
         return 0
     summary = pretrain(cfg)
     if summary:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from ..training import evaluate_checkpoint, load_config, train
+from ..training import TrainConfig, evaluate_checkpoint, load_config, train
 from ..training.config import parse_override
 
 
@@ -27,13 +28,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_evaluate, accepts_extra=True)
 
 
-def run_train(args: argparse.Namespace, extra: list[str]) -> int:
+def config_from_args(args: argparse.Namespace, extra: list[str], schema: type = TrainConfig) -> Any:
+    """CONFIG plus ``section.option=value`` overrides (CONFIG may be left out); None once --print-config printed it."""
     config = args.config
     if config is not None and "=" in config and not Path(config).exists():
         config, extra = None, [config, *extra]  # no config file: the first argument is an override
-    cfg = load_config(config, extra)
+    cfg = load_config(config, extra, schema=schema)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return None
+    return cfg
+
+
+def run_train(args: argparse.Namespace, extra: list[str]) -> int:
+    cfg = config_from_args(args, extra)
+    if cfg is None:
         return 0
     metrics = train(cfg)
     if "checkpoint" in metrics:

@@ -8,7 +8,6 @@ process takes its slice of the step's global batch and DDP averages the gradient
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import json
@@ -30,9 +29,9 @@ from ..distributed import init_distributed
 from ..evaluation.plots import plot_loss_curve
 from ..features.cache import atomic_write
 from ..models import create_model
+from ..training.trainer import PRECISIONS, autocast
 from .config import PretrainConfig
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -122,11 +121,6 @@ class Pretrainer:
         warm = self.cfg.optim.warmup_steps
         return self.cfg.optim.lr * min(1.0, (step + 1) / warm) if warm else self.cfg.optim.lr
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def loader(self, start: int) -> DataLoader:
         o, d = self.cfg.optim, self.cfg.data
         batches = StepBatches(len(self.data), o.batch_size, self.cfg.run.seed, start, o.steps, self.rank, self.world)  # type: ignore[arg-type]
@@ -143,7 +137,7 @@ class Pretrainer:
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
-        with self._autocast():
+        with autocast(self.device, self.amp_dtype):
             terms = self.diffusion.training_losses(self.net, x0, t, noise)
         loss = terms["loss"].mean()
         if not torch.isfinite(loss):

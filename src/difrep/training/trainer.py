@@ -36,6 +36,11 @@ HEADS = ("linear", "mlp", "cnn", "attention", "difformer", "difeed")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision in ``dtype`` on ``device``, or nothing for fp32 (``dtype`` None)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 class Classifier(nn.Module):
     """A backbone and a head: images in [-1, 1] to logits. Fresh noise in train mode, per-image noise in eval."""
 
@@ -139,18 +144,13 @@ class Experiment:
         state = self.classifier.state_dict()
         return state if self.cfg.run.finetune else {k: v for k, v in state.items() if not k.startswith("model.")}
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
     def evaluate(self) -> dict[str, float]:
         """Top-1/top-5 over the whole test split, each image once across processes."""
         loader = build_loader(self.test_data, self.cfg.optim.batch_size, train=False, workers=self.cfg.data.workers,
                               distributed=self.world > 1)
         self.classifier.eval()
         counts = torch.zeros(3, dtype=torch.float64, device=self.device)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), autocast(self.device, self.amp_dtype):
             for batch in tqdm(loader, desc="evaluate", disable=not (self.cfg.run.progress and self.rank == 0)):
                 if batch is None:
                     continue
@@ -185,7 +185,7 @@ class Experiment:
             if batch is None:
                 continue
             images, labels, indices = (x.to(self.device) for x in batch)
-            with self._autocast():
+            with autocast(self.device, self.amp_dtype):
                 loss = F.cross_entropy(self.net(images, indices.tolist()).float(), labels)
             self.scaler.scale(loss / accum).backward()
             if (step + 1) % accum == 0 or step + 1 == len(loader):
