@@ -46,7 +46,7 @@ def run_case(case: str, path: str, device: str, images: int, dtype: str, repeats
                                      dtype=amp_dtype, **spec)
 
         def step() -> None:
-            extractor(x)
+            extractor(x, indices=list(range(images)))
     else:
         modules = [model.get_submodule(model.feature_info[b - 1].module) for b in spec["blocks"]]
         caught: list[torch.Tensor] = []

@@ -1,14 +1,30 @@
 """Fixtures shared by all tests."""
 
+import os
+
 import pytest
 import torch
 from reference import randomize_
 
 from difrep.models import create_model
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES, scope="session")
+def device(request) -> torch.device:
+    """Every test that runs a model takes its device from here: the CPU always, CUDA as well where present."""
+    return torch.device(request.param)
+
 
 @pytest.fixture(scope="session")
 def guided_diffusion():
+    """guided-diffusion's own code, the reference implementation. `make test` and CI set
+    DIFREP_REQUIRE_REFERENCE=1, so that a missing reference fails the suite instead of skipping 25 checks."""
+    if os.environ.get("DIFREP_REQUIRE_REFERENCE") == "1":
+        import guided_diffusion.script_util as script_util
+
+        return script_util
     return pytest.importorskip("guided_diffusion.script_util")
 
 
@@ -21,3 +37,11 @@ def unet():
         num_head_channels=8, resblock_updown=True, learn_sigma=True,
     )
     return randomize_(model).eval()
+
+
+@pytest.fixture()
+def unet_on(unet, device):
+    """The small U-Net, copied to the test's device."""
+    import copy
+
+    return copy.deepcopy(unet).to(device)

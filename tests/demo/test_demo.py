@@ -42,7 +42,7 @@ def _summary(trained: float, random: float, pixels: float, best_t: int, best_b: 
 
 
 def test_verdicts_follow_the_numbers():
-    heads = {"Linear probe (GD)": [80, 81, 82], "Attention": [85, 86, 87], "DifFormer": [85.5, 86.5, 87.5],
+    heads = {"Logistic regression (L-BFGS)": [80, 81, 82], "Attention": [85, 86, 87], "DifFormer": [85.5, 86.5, 87.5],
              "DifFeed": [84, 85, 86]}
     verdicts = [v for _, v, _ in findings(_summary(85, 70, 80, 150, 12, heads))]
     assert verdicts == ["yes", "yes", "yes", "yes", "within noise", "no"]

@@ -34,7 +34,7 @@ def test_round_trip_equals_the_extractor(unet, dataset, tmp_path):
     assert cache.labels.tolist() == (torch.arange(N) % 3).tolist()
     assert cache.indices.tolist() == list(range(N))
     images = torch.stack([dataset[i][0] for i in range(N)])
-    full = FeatureExtractor(unet, timesteps=[50, 300], blocks=[6, 13])(images)
+    full = FeatureExtractor(unet, timesteps=[50, 300], blocks=[6, 13])(images, indices=list(range(N)))
     for key in cache.keys:
         expected = F.adaptive_avg_pool2d(full[(key.t, key.b)], key.pool).flatten(1)
         torch.testing.assert_close(cache.features(key).to_tensor(), expected, rtol=1e-5, atol=1e-5)

@@ -103,7 +103,7 @@ def test_difformer_uses_every_t_and_b(unet):
     blocks, steps = [8, 10, 14], [50, 200]
     head = DifFormer({b: (info[b].num_chs, info[b].resolution) for b in blocks}, steps, 7, dim=32, depth=1, num_heads=4)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
-    feats = FeatureExtractor(unet, steps, blocks)(x)
+    feats = FeatureExtractor(unet, steps, blocks)(x, indices=[0, 1])
     out = head(feats)
     assert out.shape == (2, 7)
     changed = dict(feats)

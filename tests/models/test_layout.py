@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import randomize_
 
 from difrep.models import create_model
 
@@ -44,12 +45,80 @@ def test_parameter_count_is_the_papers(adm256):
     assert round(sum(p.numel() for p in adm256.parameters()) / 1e6, 1) == 552.8
 
 
-def test_decoder_mirrors_encoder(adm256):
-    """Decoder block b mirrors encoder block 38 - b, which has the same resolution (SPEC.md)."""
+def test_mirror_block_has_the_resolution_of_the_decoder_blocks_input(adm256):
+    """Decoder block b concatenates the skip of encoder block mirror(b) with the output of block b - 1, so
+    both have the same spatial size; b itself is twice as large when it ends with an upsample (SPEC.md's
+    table: 22, 25, 28, 31, 34 for the 256 model)."""
     info = {i.index: i for i in adm256.feature_info}
-    for b in range(20, 38):
-        assert adm256.mirror_block(b) == 38 - b
-    assert info[24].resolution == info[14].resolution == 16
+    decoder = [i.index for i in adm256.feature_info if i.stage == "decoder"]
+    assert decoder == list(range(20, 38))
+    mirrors = [adm256.mirror_block(b) for b in decoder]
+    assert sorted(mirrors) == list(range(1, 19)), "every encoder skip is consumed exactly once"
+    upsampling = set()
+    for b, e in zip(decoder, mirrors):
+        assert info[e].stage == "encoder"
+        assert info[e].resolution == info[b - 1].resolution, (b, e)
+        if info[b].resolution != info[e].resolution:
+            assert info[b].resolution == 2 * info[e].resolution, (b, e)
+            upsampling.add(b)
+    assert upsampling == {22, 25, 28, 31, 34}
+    assert info[24].resolution == info[adm256.mirror_block(24)].resolution == 16
+
+
+def _decoder_block_reading_the_skip_of(model, e, x, t, plain):
+    """Perturb only the skip of encoder block e and return the first decoder block whose output changes.
+
+    Adding a tensor to block e's output (``feedback``) also changes the main path, hence the middle block
+    and every decoder block. So the change is cancelled again right after block e + 1 (a second feedback
+    equal to plain - perturbed output of e + 1): from there on the main path and the later skips are
+    the plain ones, and only the skip of e differs. Block e = N (the last encoder block) feeds the middle
+    block directly; its change cannot be cancelled, and the first decoder block must change anyway.
+    """
+    n = model.num_encoder_blocks
+    info = {i.index: i for i in model.feature_info}
+    gen = torch.Generator().manual_seed(e)
+    delta = torch.randn(x.shape[0], info[e].num_chs, info[e].resolution, info[e].resolution, generator=gen)
+    feedback = {e: delta.to(x)}
+    with torch.no_grad():
+        if e < n:
+            moved = model.forward_intermediates(x, t, indices=[e + 1], stop_early=True, feedback=feedback)[e + 1]
+            feedback[e + 1] = plain[e + 1] - moved
+        got = model.forward_intermediates(x, t, stop_early=False, feedback=feedback)
+    scale = {b: plain[b].abs().max().item() for b in plain}
+    changed = [b for b in plain if (got[b] - plain[b]).abs().max().item() > 1e-6 * scale[b]]
+    assert e in changed
+    if e < n:
+        # the cancellation worked: nothing on the main path after e changed
+        assert [b for b in changed if b <= n + 1] == [e]
+    first_decoder = [b for b in changed if b > n + 1][0]
+    # from the first changed decoder block on, everything after it changes through the main path
+    assert changed[changed.index(first_decoder):] == list(range(first_decoder, model.num_blocks + 1))
+    return first_decoder
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        dict(image_size=32, num_channels=32, channel_mult="1,2,2", attention_resolutions="16,8",
+             num_head_channels=8, resblock_updown=True, learn_sigma=True),
+        dict(image_size=32, num_channels=32, channel_mult="1,2,2,2", num_res_blocks=1, attention_resolutions="8"),
+    ],
+    ids=["paper-like", "upsample-conv"],
+)
+def test_decoder_block_reads_the_skip_of_its_mirror(device, flags):
+    """Behaviour, not the formula: the first decoder block that sees a change made only to encoder block
+    e's skip is the one that concatenates it, and mirror_block must name e for it."""
+    torch.manual_seed(0)
+    model = randomize_(create_model("adm", **flags)).eval().to(device=device, dtype=torch.float64)
+    n = model.num_encoder_blocks
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device, torch.float64)
+    t = torch.tensor([150, 600], device=device)
+    with torch.no_grad():
+        plain = model.forward_intermediates(x, t, stop_early=False)
+    observed = {e: _decoder_block_reading_the_skip_of(model, e, x, t, plain) for e in range(1, n + 1)}
+    assert sorted(observed.values()) == list(range(n + 2, 2 * n + 2)), "each decoder block reads one skip"
+    for e, d in observed.items():
+        assert model.mirror_block(d) == e, f"encoder block {e}'s skip is read by decoder block {d}"
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import argparse
 from ..data import CATALOG, DatasetLayoutError, ImageDataset, create_dataset, find_unreadable
 from ..data.catalog import check_counts
 from ..data.loader import default_workers
+from ..errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
-        raise ValueError(f"unexpected arguments {extra}")
+        raise UserError(f"unexpected arguments {extra}")
     spec = CATALOG[args.name]
     options = {"class_list": args.class_list} if args.class_list else {}
     print(f"{spec.title} at {args.path}")

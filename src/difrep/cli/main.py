@@ -6,9 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..data import UnreadableImageError
-from ..features.cache import CacheError
+from ..errors import UserError
 from . import data, demo, evaluate, extract, info, pretrain, sample, sweep, train
+
+BUG_REPORT = ("difrep: this is a bug in difrep, not in your input. Please report it on the project's issue "
+              "tracker with the command you ran and the traceback above.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,10 +23,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.run(args, extra) or 0)
-    except (ValueError, FileNotFoundError, CacheError, UnreadableImageError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"difrep {args.command}: error: {message}", file=sys.stderr)
+    except UserError as err:
+        print(f"difrep {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print(BUG_REPORT, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

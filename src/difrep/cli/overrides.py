@@ -6,31 +6,32 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
+from ..errors import UserError
 from ..models import PRESETS
 
 
 def parse_model_flags(model: str, extra: Sequence[str]) -> dict[str, Any]:
     """Turn ``['--image_size', '64', '--learn_sigma', 'true']`` into typed overrides for ``model``."""
     if model not in PRESETS:
-        raise ValueError(f"unknown model {model!r}: available models are {', '.join(sorted(PRESETS))}")
+        raise UserError(f"unknown model {model!r}: available models are {', '.join(sorted(PRESETS))}")
     defaults = {f.name: getattr(PRESETS[model].config, f.name) for f in fields(PRESETS[model].config)}
     out: dict[str, Any] = {}
     items = list(extra)
     while items:
         key = items.pop(0)
         if not key.startswith("--"):
-            raise ValueError(f"unexpected argument {key!r}: model flags are given as --flag value")
+            raise UserError(f"unexpected argument {key!r}: model flags are given as --flag value")
         key, _, value = key[2:].partition("=")
         if not value:
             if not items:
-                raise ValueError(f"--{key} needs a value")
+                raise UserError(f"--{key} needs a value")
             value = items.pop(0)
         if key not in defaults:
-            raise ValueError(f"unknown model flag --{key}: valid flags are {', '.join(sorted(defaults))}")
+            raise UserError(f"unknown model flag --{key}: valid flags are {', '.join(sorted(defaults))}")
         default = defaults[key]
         if isinstance(default, bool):
             if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"--{key} takes true or false, got {value!r}")
+                raise UserError(f"--{key} takes true or false, got {value!r}")
             out[key] = value.lower() in ("true", "1")
         elif isinstance(default, int):
             out[key] = int(value)

@@ -12,6 +12,7 @@ from torchvision.utils import save_image
 
 from ..diffusion import sample
 from ..distributed import init_distributed
+from ..errors import UserError
 from .common import add_model_args, build_model
 
 
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.num < 1:
-        raise ValueError(f"--num must be at least 1, got {args.num}")
+        raise UserError(f"--num must be at least 1, got {args.num}")
     _, _, device = init_distributed()
     model = build_model(args, extra).to(device)
     began = time.perf_counter()

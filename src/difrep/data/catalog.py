@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
+from ..errors import UserError
 from . import readers
 from .fashion_mnist import load_fashion_mnist
 from .images import ImageDataset, ImageList, OnError, TensorImageDataset
@@ -118,7 +119,7 @@ def create_dataset(
     unreadable images (each logged by path) instead of stopping.
     """
     if name not in CATALOG:
-        raise ValueError(f"unknown data set {name!r}: available are {', '.join(CATALOG)}")
+        raise UserError(f"unknown data set {name!r}: available are {', '.join(CATALOG)}")
     spec = CATALOG[name]
     if name == "fashion-mnist":
         images, labels = load_fashion_mnist(root, "test" if split == "val" else split)

@@ -19,12 +19,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from ..errors import UserError
+
 log = logging.getLogger("difrep.data")
 
 OnError = Literal["raise", "skip"]
 
 
-class UnreadableImageError(RuntimeError):
+class UnreadableImageError(UserError):
     """An image file that cannot be decoded."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
@@ -86,7 +88,7 @@ class ImageDataset(Dataset):
         on_error: OnError = "raise",
     ) -> None:
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error={on_error!r}: use 'raise' or 'skip'")
+            raise UserError(f"on_error={on_error!r}: use 'raise' or 'skip'")
         self.samples = images.samples
         self.classes = images.classes
         self.transform = transform
@@ -122,7 +124,7 @@ class TensorImageDataset(Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise UserError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels, self.classes = images, labels, list(classes)
         self.transform = transform
 

@@ -31,21 +31,26 @@ def build_loader(
 ) -> DataLoader:
     """Shuffle and drop the last partial batch when training; under DDP each process gets its shard.
 
-    Evaluation under DDP uses an unpadded sharding, so every image is seen exactly once whatever the
-    number of processes. Samples dropped as unreadable (``on_error='skip'``) leave their batch.
+    Training always shuffles with a :class:`DistributedSampler` (call ``loader.sampler.set_epoch``), one
+    process being a world of one: w processes with batch B then see, step by step, the same global
+    batches as one process with batch w x B. Evaluation under DDP uses an unpadded sharding, so every
+    image is seen exactly once whatever the number of processes. Samples dropped as unreadable
+    (``on_error='skip'``) leave their batch.
     """
+    import torch.distributed as dist
+
     workers = default_workers() if workers is None else workers
-    sampler = None
-    if distributed:
-        if train:
-            sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=True)
-        else:
-            sampler = ShardSampler(len(dataset))
+    sampler: torch.utils.data.Sampler | None = None
+    if train:
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    elif distributed:
+        sampler = ShardSampler(len(dataset))
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
+        shuffle=False,
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),

@@ -17,10 +17,11 @@ import numpy as np
 from torchvision.datasets import FGVCAircraft, StanfordCars
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from ..errors import UserError
 from .images import ImageList
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(UserError):
     """A data-set folder that does not have the expected layout, split files or counts."""
 
 

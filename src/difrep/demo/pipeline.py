@@ -198,7 +198,7 @@ def train_heads(model: nn.Module, cfg: DemoConfig, settings: dict[str, Any], spl
     pooled = [F.adaptive_avg_pool2d(x, 2).flatten(1) for x in single]
     probe = fit_logistic_probe(pooled[0], train_y, 10, (1e-4, 1e-2), max_iter=100)
     linear = probe.accuracy(pooled[1], test_y)[1]
-    results = [HeadResult("Linear probe (GD)", f"t={t0}, b={b0}, pool 2, L-BFGS (deterministic)",
+    results = [HeadResult("Logistic regression (L-BFGS)", f"t={t0}, b={b0}, pool 2, L-BFGS (deterministic)",
                           [linear] * len(cfg.seeds), 10 * (pooled[0].shape[1] + 1), time.perf_counter() - began)]
     for name, setting, build in specs:
         began, accs, params = time.perf_counter(), [], 0

@@ -22,7 +22,7 @@ def findings(s: dict[str, Any]) -> list[tuple[str, str, str]]:
     reach = n / 4
     out = []
     beat = best["probe_test_top1"] > rand["probe_test_top1"] and best["probe_test_top1"] > pix["test_top1"]
-    out.append(("Trained diffusion features beat a random-init copy and raw pixels (linear probe)", _yes(beat),
+    out.append(("Trained diffusion features beat a random-init copy and raw pixels (L-BFGS logistic regression)", _yes(beat),
                 f"test top-1 {best['probe_test_top1']:.1f}% (t={best['t']}, b={best['b']}) vs random init "
                 f"{rand['probe_test_top1']:.1f}% (t={rand['t']}, b={rand['b']}) and pixels {pix['test_top1']:.1f}%"))
     mid_t = ts[0] < best["t"] < ts[-1]
@@ -42,7 +42,7 @@ def findings(s: dict[str, Any]) -> list[tuple[str, str, str]]:
         return (claim, verdict, f"{a} {ha['mean']:.1f}% vs {b} {hb['mean']:.1f}% (gap {gap:+.1f} points, "
                 f"{clear} than the larger seed spread {spread:.1f})")
 
-    out.append(cmp("Attention", "Linear probe (GD)", "The Attention head beats the linear probe"))
+    out.append(cmp("Attention", "Logistic regression (L-BFGS)", "The Attention head beats a converged linear classifier"))
     out.append(cmp("DifFormer", "Attention", "Fusion (DifFormer) beats the Attention head"))
     out.append(cmp("DifFeed", "Attention", "Feedback (DifFeed) beats the Attention head"))
     return out
@@ -100,7 +100,7 @@ def write_report(s: dict[str, Any], path: Path) -> None:
         "## 3. Heads at the recommended settings",
         "",
         f"Every head learns from the same {cfg['head_train_per_class']} training images per class (a class-balanced "
-        "part of the sweep's). The linear probe is the sweep's: L-BFGS logistic regression run to convergence on "
+        "part of the sweep's). The linear baseline is the sweep's L-BFGS logistic regression (not the paper's SGD probe) run to convergence on "
         "2x2-pooled features, L2 chosen on a held-out 10% of those images, so it needs no seed. The other heads "
         f"trained briefly, {cfg['protocol']['epochs']} epochs with AdamW (lr {cfg['protocol']['lr']}, weight "
         f"decay {cfg['protocol']['weight_decay']}, cosine schedule, batch {cfg['protocol']['batch_size']}) on the "

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..errors import UserError
 from .losses import discretized_gaussian_nll, normal_kl
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -21,7 +22,7 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def beta_schedule(name: str, num_timesteps: int) -> torch.Tensor:
     """The 'linear' (Ho et al., scaled to the step count) or 'cosine' (Nichol & Dhariwal) betas."""
     if num_timesteps < 1:
-        raise ValueError(f"diffusion_steps must be positive, got {num_timesteps}")
+        raise UserError(f"diffusion_steps must be positive, got {num_timesteps}")
     if name == "linear":
         scale = 1000 / num_timesteps
         return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
@@ -29,7 +30,7 @@ def beta_schedule(name: str, num_timesteps: int) -> torch.Tensor:
         steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
         alpha_bar = torch.cos((steps + 0.008) / 1.008 * math.pi / 2) ** 2
         return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
-    raise ValueError(f"noise_schedule={name!r} is unknown: use 'linear' or 'cosine'")
+    raise UserError(f"noise_schedule={name!r} is unknown: use 'linear' or 'cosine'")
 
 
 def _flat_mean(x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +49,7 @@ class GaussianDiffusion:
     ) -> None:
         with torch.device("cpu"):  # never on the meta device of a model being built for a checkpoint
             self._build_tables(num_timesteps, schedule, betas, timestep_map)
+        self._device_tables: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     def _build_tables(
         self, num_timesteps: int, schedule: str, betas: torch.Tensor | None, timestep_map: Sequence[int] | None
@@ -80,7 +82,7 @@ class GaussianDiffusion:
         """
         if isinstance(steps, int):
             if not 1 <= steps <= self.num_timesteps:
-                raise ValueError(f"sampling steps must be in 1..{self.num_timesteps}, got {steps}")
+                raise UserError(f"sampling steps must be in 1..{self.num_timesteps}, got {steps}")
             kept = sorted({round(i * (self.num_timesteps - 1) / max(steps - 1, 1)) for i in range(steps)})
         else:
             kept = sorted({int(s) for s in self.validate_timesteps(list(steps))})
@@ -93,24 +95,35 @@ class GaussianDiffusion:
         """Integer steps as a tensor, with an error naming the valid range."""
         t = t if isinstance(t, torch.Tensor) else torch.tensor(t, device="cpu")
         if t.is_floating_point() or t.is_complex():
-            raise ValueError(f"timesteps must be integers, got dtype {t.dtype}")
+            raise UserError(f"timesteps must be integers, got dtype {t.dtype}")
         if t.numel() and (t.min() < 0 or t.max() >= self.num_timesteps):
             bad = sorted({int(v) for v in t.flatten() if not 0 <= v < self.num_timesteps})
-            raise ValueError(
+            raise UserError(
                 f"timestep(s) {bad} out of range: valid noise steps are 0..{self.num_timesteps - 1}"
             )
         return t
 
     def coef(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``table[t]`` (one of the schedule's float64 tables) cast to ``like`` and shaped to broadcast over it."""
-        coef = table[t.cpu()].to(device=like.device, dtype=like.dtype)
+        """``table[t]`` (one of the schedule's float64 tables) cast to ``like`` and shaped to broadcast over it.
+
+        Steps on an accelerator index a copy of the table kept there, so that no call waits for the device."""
+        if t.device.type != "cpu":
+            key = (table.data_ptr(), t.device)
+            if key not in self._device_tables:
+                self._device_tables[key] = table.to(t.device)
+            table = self._device_tables[key]
+        coef = table[t].to(device=like.device, dtype=like.dtype)
         return coef.reshape(-1, *([1] * (like.ndim - 1)))
 
     def q_sample(
         self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, with fresh eps unless one is given."""
-        t = self.validate_timesteps(t)
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, with fresh eps unless one is given.
+
+        Steps given as host values are range-checked; a tensor already on an accelerator is not (the
+        check would wait for the device on every call): the extractor, heads and CLI check theirs."""
+        if not isinstance(t, torch.Tensor) or t.device.type == "cpu":
+            t = self.validate_timesteps(t)
         if t.ndim == 0:
             t = t.expand(x0.shape[0])
         if noise is None:
@@ -161,7 +174,7 @@ class GaussianDiffusion:
             variance = self.coef(large, t, x_t).expand_as(x_t)
             log_variance = self.coef(large.log(), t, x_t).expand_as(x_t)
         else:
-            raise ValueError(f"model output has {output.shape[1]} channels: expected {channels} or {2 * channels}")
+            raise UserError(f"model output has {output.shape[1]} channels: expected {channels} or {2 * channels}")
         x0 = self.predict_x0(x_t, t, eps)
         if clip:
             x0 = x0.clamp(-1, 1)

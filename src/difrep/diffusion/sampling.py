@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from .gaussian import GaussianDiffusion, ModelFn
 
 
@@ -82,9 +83,9 @@ def sample(
 ) -> torch.Tensor:
     """``num`` images in [-1, 1] from an unconditional ADM U-Net, with ``steps`` respaced steps."""
     if method not in ("ddpm", "ddim"):
-        raise ValueError(f"method={method!r}: use 'ddpm' or 'ddim'")
+        raise UserError(f"method={method!r}: use 'ddpm' or 'ddim'")
     if getattr(model, "num_classes", None) is not None:
-        raise ValueError("this model is class-conditional: difrep samples unconditional models only")
+        raise UserError("this model is class-conditional: difrep samples unconditional models only")
     diffusion = model.diffusion.respaced(steps)
     generator = torch.Generator().manual_seed(seed)
     size, channels = model.image_size, model.config.in_channels

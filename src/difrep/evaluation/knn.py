@@ -21,20 +21,20 @@ def knn_classify(
 ) -> dict[int, torch.Tensor]:
     """Class scores [N_test, num_classes] for each k: the k most cosine-similar training features
     vote for their class with weight exp(similarity / temperature). Test features are processed in
-    chunks of ``chunk_size``, so memory grows with chunk_size x N_train, not N_test x N_train."""
+    chunks of ``chunk_size``, so memory grows with chunk_size x N_train, not N_test x N_train. Scores
+    live on the training features' device."""
     train = F.normalize(train_x.float(), dim=1)
+    train_y = train_y.to(train.device)
     kmax = min(max(ks), len(train))
-    scores = {k: torch.zeros(len(test_x), num_classes) for k in ks}
+    scores = {k: torch.zeros(len(test_x), num_classes, device=train.device) for k in ks}
     for start in range(0, len(test_x), chunk_size):
-        query = F.normalize(test_x[start : start + chunk_size].float(), dim=1)
+        query = F.normalize(test_x[start : start + chunk_size].to(train.device).float(), dim=1)
         sim, idx = (query @ train.T).topk(kmax, dim=1)
         weights = (sim / temperature).exp()
         votes = train_y[idx]
         for k in ks:
             kk = min(k, kmax)
-            block = torch.zeros(len(query), num_classes)
-            block.scatter_add_(1, votes[:, :kk], weights[:, :kk])
-            scores[k][start : start + len(query)] = block
+            scores[k][start : start + len(query)].scatter_add_(1, votes[:, :kk], weights[:, :kk])
     return scores
 
 

@@ -8,5 +8,5 @@ import torch
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
     """Percentage of rows whose label is among the k highest scores (k capped at the class count)."""
     top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
-    hits = top == labels[:, None]
+    hits = top == labels.to(top.device)[:, None]
     return {k: 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in ks}

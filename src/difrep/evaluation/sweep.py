@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.subsets import balanced_subset
+from ..errors import UserError
 from ..features.cache import FeatureCache
 from .knn import knn_accuracy
 from .linear import fit_logistic_probe
@@ -46,7 +47,7 @@ def run_sweep(
     """Probe and kNN for every key the two caches share."""
     keys = [k for k in train.keys if k in set(test.keys)]
     if not keys:
-        raise ValueError(f"the caches {train.folder} and {test.folder} share no (t, b, pool)")
+        raise UserError(f"the caches {train.folder} and {test.folder} share no (t, b, pool)")
     train_y, test_y = train.labels, test.labels
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     val_idx = torch.tensor(balanced_subset(train_y.tolist(), fraction=val_fraction, seed=seed))

@@ -34,12 +34,13 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from ..data.loader import build_loader
+from ..errors import MissingKeyError, UserError
 from .extractor import FeatureExtractor
 
 FORMAT_VERSION = 1
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError):
     """A cache folder that is incomplete, damaged, or was made with other settings."""
 
 
@@ -60,7 +61,7 @@ class FeatureKey:
         try:
             t, b, p = (int(part[1:]) for part in name.split("_"))
         except ValueError:
-            raise ValueError(f"{name!r} is not a feature key like t150_b24_p2") from None
+            raise UserError(f"{name!r} is not a feature key like t150_b24_p2") from None
         return cls(t, b, p)
 
 
@@ -131,9 +132,9 @@ class CacheWriter:
         dtype: torch.dtype | None = None,
     ) -> None:
         if storage_dtype not in ("float16", "float32"):
-            raise ValueError(f"storage_dtype={storage_dtype!r}: use float16 or float32")
+            raise UserError(f"storage_dtype={storage_dtype!r}: use float16 or float32")
         if not pools or any(p < 0 for p in pools):
-            raise ValueError(f"pools={list(pools)}: give pool sizes >= 1, or 0 for full maps")
+            raise UserError(f"pools={list(pools)}: give pool sizes >= 1, or 0 for full maps")
         self.out_dir = Path(out_dir)
         self.pools = sorted(set(pools))
         single = self.pools[0] if len(self.pools) == 1 and self.pools[0] > 0 else None
@@ -330,7 +331,7 @@ class FeatureCache:
     def features(self, key: FeatureKey | str) -> ShardedArray:
         key = FeatureKey.parse(key) if isinstance(key, str) else key
         if key not in self.keys:
-            raise KeyError(f"{key.name} is not in the cache at {self.folder}: it holds {', '.join(k.name for k in self.keys)}")
+            raise MissingKeyError(f"{key.name} is not in the cache at {self.folder}: it holds {', '.join(k.name for k in self.keys)}")
         return self._load(key.name)
 
     @property

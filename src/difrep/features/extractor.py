@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion import GaussianDiffusion
+from ..errors import UserError
 from .noise import per_image_noise
 
 
@@ -35,8 +36,9 @@ class FeatureExtractor(nn.Module):
     All timesteps (and noise draws) of a batch are folded into one forward, split in chunks of
     ``chunk_size`` images x steps to bound memory, and the U-Net stops at the deepest block.
 
-    noise: "fixed" draws a deterministic noise per image index (evaluation), "fresh" draws new
-    noise at every call (training). ``num_noise_draws`` > 1 averages features over that many draws.
+    noise: "fixed" draws a deterministic noise per image index (evaluation; the call must pass the
+    images' data-set indices), "fresh" draws new noise at every call (training). ``num_noise_draws``
+    > 1 averages features over that many draws.
     pool: adaptive average pooling of every feature map to pool x pool, or None for full maps.
     dtype: run the backbone under autocast in this dtype (torch.bfloat16 / torch.float16).
     """
@@ -58,13 +60,13 @@ class FeatureExtractor(nn.Module):
         self.model = model
         backbone: FeatureBackbone = model  # type: ignore[assignment]
         if not timesteps or not blocks:
-            raise ValueError("FeatureExtractor needs at least one timestep and one block")
+            raise UserError("FeatureExtractor needs at least one timestep and one block")
         self.timesteps = [int(t) for t in backbone.diffusion.validate_timesteps(list(timesteps))]
         self.blocks = backbone.validate_blocks(list(blocks))
         if noise not in ("fixed", "fresh"):
-            raise ValueError(f"noise={noise!r}: use 'fixed' (evaluation) or 'fresh' (training)")
+            raise UserError(f"noise={noise!r}: use 'fixed' (evaluation) or 'fresh' (training)")
         if num_noise_draws < 1 or chunk_size < 1:
-            raise ValueError("num_noise_draws and chunk_size must be at least 1")
+            raise UserError("num_noise_draws and chunk_size must be at least 1")
         self.pool = pool
         self.noise = noise
         self.num_noise_draws = num_noise_draws
@@ -77,18 +79,26 @@ class FeatureExtractor(nn.Module):
     def _check_images(self, images: torch.Tensor) -> None:
         size = self.model.image_size
         if images.ndim != 4 or images.shape[-2:] != (size, size):
-            raise ValueError(
+            raise UserError(
                 f"images must be [N, C, {size}, {size}] for this model, got {tuple(images.shape)}"
             )
 
-    def _noise(self, images: torch.Tensor, indices: Sequence[int] | None) -> torch.Tensor:
+    def _noise(self, images: torch.Tensor, indices: Sequence[int] | None, noise: torch.Tensor | None) -> torch.Tensor:
         n, k = images.shape[0], self.num_noise_draws
+        if noise is not None:
+            noise = noise if noise.ndim == images.ndim + 1 else noise[:, None]
+            if noise.shape != (n, k, *images.shape[1:]):
+                raise UserError(f"noise must be [{n}, {k}, {', '.join(map(str, images.shape[1:]))}] "
+                                f"(images x draws), got {tuple(noise.shape)}")
+            return noise.to(images)
         if self.noise == "fresh":
             return torch.randn(n, k, *images.shape[1:], device=images.device, dtype=images.dtype)
         if indices is None:
-            indices = range(n)
+            raise UserError("noise='fixed' draws each image's noise from its position in the data set: call "
+                            "extractor(images, indices=...) with those positions (or build the extractor with "
+                            "noise='fresh')")
         if len(indices) != n:
-            raise ValueError(f"got {len(indices)} indices for {n} images")
+            raise UserError(f"got {len(indices)} indices for {n} images")
         return per_image_noise(images.shape[1:], indices, self.seed, k).to(images)
 
     def forward(
@@ -96,15 +106,17 @@ class FeatureExtractor(nn.Module):
         images: torch.Tensor,
         indices: Sequence[int] | None = None,
         y: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> dict[tuple[int, int], torch.Tensor]:
         """Features for every (t, b) as float32 tensors [N, C, H, W] (H = W = pool if pooling).
 
         ``images`` are in [-1, 1]. ``indices`` are the images' positions in their data set; they
-        seed the fixed noise (default 0..N-1, right only when the whole set is one batch).
+        seed the fixed noise and are required for it. ``noise`` ([N, draws, C, H, W], or [N, C, H, W]
+        for one draw) overrides the extractor's own noise: a trainer passes the draws it controls.
         """
         self._check_images(images)
         n, steps, draws = images.shape[0], len(self.timesteps), self.num_noise_draws
-        noise = self._noise(images, indices)
+        noise = self._noise(images, indices, noise)
         x0 = images[:, None, None].expand(n, steps, draws, *images.shape[1:])
         eps = noise[:, None].expand(n, steps, draws, *images.shape[1:])
         t = torch.tensor(self.timesteps, device=images.device)[None, :, None].expand(n, steps, draws)

@@ -28,13 +28,21 @@ def image_seed(seed: int, index: int, draw: int = 0) -> int:
 
 
 def per_image_noise(
-    shape: Sequence[int], indices: Sequence[int], seed: int = 0, num_draws: int = 1
+    shape: Sequence[int],
+    indices: Sequence[int],
+    seed: int = 0,
+    num_draws: int = 1,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Standard normal noise of shape [N, num_draws, *shape], drawn on the CPU for reproducibility."""
-    out = torch.empty(len(indices), num_draws, *shape)
-    gen = torch.Generator()
+    """Standard normal noise of shape [N, num_draws, *shape], one seeded draw per (image index, k).
+
+    Drawn on the CPU by default, so that evaluation gives the same numbers on every machine; training
+    draws it on its own device (``device``), where it is cheap and still independent of batching."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    out = torch.empty(len(indices), num_draws, *shape, device=device)
+    gen = torch.Generator(device=device)
     for i, index in enumerate(indices):
         for k in range(num_draws):
             gen.manual_seed(image_seed(seed, int(index), k))
-            out[i, k] = torch.randn(*shape, generator=gen)
+            torch.randn(*shape, generator=gen, device=device, out=out[i, k])
     return out

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import MissingKeyError, UserError
+
 Norm = Literal["layernorm", "batchnorm"]
 
 
@@ -24,7 +26,7 @@ class Tokenizer(nn.Module):
         elif norm == "batchnorm":
             self.norm = nn.BatchNorm2d(channels)
         else:
-            raise ValueError(f"norm={norm!r}: use 'layernorm' or 'batchnorm'")
+            raise UserError(f"norm={norm!r}: use 'layernorm' or 'batchnorm'")
         self.proj = nn.Conv2d(channels, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +40,7 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} does not split into {num_heads} heads")
+            raise UserError(f"dim {dim} does not split into {num_heads} heads")
         self.num_heads = num_heads
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
@@ -122,7 +124,7 @@ class DifFormer(nn.Module):
     def forward(self, features: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
         missing = [(t, b) for t in self.timesteps for b in self.blocks if (t, b) not in features]
         if missing:
-            raise KeyError(f"DifFormer needs features {missing}")
+            raise MissingKeyError(f"DifFormer needs features {missing}")
         cls = [
             self.transformer(torch.cat([self.tokenizers[str(b)](features[(t, b)]) for b in self.blocks], dim=1))
             for t in self.timesteps

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from ..features.noise import per_image_noise
 from .attention import AttentionHead
 
@@ -31,7 +32,7 @@ def feedback_pairs(model: nn.Module, strategy: Strategy, feature_block: int) -> 
     elif strategy in ("windowed", "multi-scale"):
         sources = decoder[:5]
     else:
-        raise ValueError(f"strategy={strategy!r}: use bottleneck, all, windowed or multi-scale")
+        raise UserError(f"strategy={strategy!r}: use bottleneck, all, windowed or multi-scale")
     if strategy == "multi-scale":
         return [(b, model.mirror_block(feature_block)) for b in sources]
     return [(b, model.mirror_block(b)) for b in sources]
@@ -74,29 +75,43 @@ class DifFeed(nn.Module):
         fb = info[self.feature_block]
         self.head = AttentionHead(fb.num_chs, fb.resolution, num_classes, **head_kwargs)
         if train_noise not in ("fresh", "fixed"):
-            raise ValueError(f"train_noise={train_noise!r}: use 'fresh' (the paper) or 'fixed' (per-image noise)")
+            raise UserError(f"train_noise={train_noise!r}: use 'fresh' (the paper) or 'fixed' (per-image noise)")
         self.seed, self.train_noise = seed, train_noise
         self._resolution = {e: info[e].resolution for _, e in self.pairs}
 
-    def noisy(self, images: torch.Tensor, indices: Sequence[int] | None = None) -> torch.Tensor:
-        """x_t with fresh noise while training (unless ``train_noise='fixed'``), per-image noise otherwise."""
-        if self.training and self.train_noise == "fresh":
+    def noisy(self, images: torch.Tensor, indices: Sequence[int] | None = None,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t with ``noise`` if given; else fresh noise while training (unless ``train_noise='fixed'``)
+        and per-image noise, seeded by the images' data-set ``indices``, otherwise."""
+        if noise is None and self.training and self.train_noise == "fresh":
             noise = torch.randn_like(images)
-        else:
-            noise = per_image_noise(images.shape[1:], range(len(images)) if indices is None else indices, self.seed)[:, 0]
-        return self.model.diffusion.q_sample(images, self.t, noise.to(images))
+        elif noise is None:
+            if indices is None:
+                raise UserError("DifFeed draws each image's evaluation noise from its position in the data set: "
+                                "pass indices=... (or noise=...)")
+            if len(indices) != len(images):
+                raise UserError(f"got {len(indices)} indices for {len(images)} images")
+            noise = per_image_noise(images.shape[1:], indices, self.seed)[:, 0]
+        if noise.shape != images.shape:
+            raise UserError(f"noise must have the images' shape {tuple(images.shape)}, got {tuple(noise.shape)}")
+        return self.model.diffusion.q_sample(images, self._steps(images), noise.to(images))
+
+    def _steps(self, x: torch.Tensor) -> torch.Tensor:
+        """The noise step t for every image, made on the images' device (no host round trip per pass)."""
+        return torch.full((len(x),), self.t, dtype=torch.long, device=x.device)
 
     def first_pass(self, x_t: torch.Tensor) -> dict[int, torch.Tensor]:
         """The decoder features the feedback layers read: the frozen U-Net, without gradient."""
         with torch.no_grad():
-            return self.model.forward_intermediates(x_t, self.t, indices=sorted({b for b, _ in self.pairs}),
+            return self.model.forward_intermediates(x_t, self._steps(x_t), indices=sorted({b for b, _ in self.pairs}),
                                                     stop_early=True)
 
     def forward(self, images: torch.Tensor, indices: Sequence[int] | None = None,
-                first: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits for images in [-1, 1]. ``first`` may hold :meth:`first_pass` of the same x_t, computed
-        once when the noise is fixed per image (it does not depend on anything DifFeed learns)."""
-        x_t = self.noisy(images, indices)
+                first: dict[int, torch.Tensor] | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for images in [-1, 1] (see :meth:`noisy` for ``indices`` and ``noise``). ``first`` may
+        hold :meth:`first_pass` of the same x_t, computed once when the noise is fixed per image (it does
+        not depend on anything DifFeed learns)."""
+        x_t = self.noisy(images, indices, noise)
         if first is None:
             first = self.first_pass(x_t)
         additions: dict[int, torch.Tensor] = {}
@@ -107,6 +122,6 @@ class DifFeed(nn.Module):
                 f = F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)
             additions[e] = additions[e] + f if e in additions else f
         second = self.model.forward_intermediates(
-            x_t, self.t, indices=[self.feature_block], stop_early=True, feedback=additions
+            x_t, self._steps(x_t), indices=[self.feature_block], stop_early=True, feedback=additions
         )
         return self.head(second[self.feature_block])

@@ -8,9 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
+
 
 class LinearHead(nn.Module):
-    """Adaptive average pool to pool x pool, flatten, one Linear (no batch norm): the paper's GD probe."""
+    """Adaptive average pool to pool x pool, flatten, one Linear (no batch norm): the paper's GD probe.
+
+    Takes feature maps [N, C, H, W], or features already pooled and flattened [N, C * pool * pool]
+    (as a feature cache stores them), so that online and cached probing train the same module.
+    """
 
     def __init__(self, channels: int, num_classes: int, pool: int = 2) -> None:
         super().__init__()
@@ -18,6 +24,8 @@ class LinearHead(nn.Module):
         self.fc = nn.Linear(channels * pool * pool, num_classes)
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        if feature.ndim == 2:
+            return self.fc(feature)
         return self.fc(F.adaptive_avg_pool2d(feature, self.pool).flatten(1))
 
 
@@ -43,7 +51,7 @@ class CNNHead(nn.Module):
     def __init__(self, channels: int, num_classes: int, conv_channels: Sequence[int] = (512, 256)) -> None:
         super().__init__()
         if len(conv_channels) != 2:
-            raise ValueError(f"the CNN head has two convolutions: give two channel sizes, got {list(conv_channels)}")
+            raise UserError(f"the CNN head has two convolutions: give two channel sizes, got {list(conv_channels)}")
         layers: list[nn.Module] = []
         for a, b in zip([channels, conv_channels[0]], conv_channels):
             layers += [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]

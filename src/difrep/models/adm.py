@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..diffusion import GaussianDiffusion
+from ..errors import UserError
 from .layers import (
     AttentionBlock,
     AttentionPool2d,
@@ -41,7 +42,7 @@ def _parse_ints(value: str | Iterable[int | float], name: str) -> tuple[float, .
         try:
             return tuple(float(v) for v in value.split(",") if v.strip())
         except ValueError:
-            raise ValueError(f"{name}={value!r} is not a comma-separated list of numbers") from None
+            raise UserError(f"{name}={value!r} is not a comma-separated list of numbers") from None
     return tuple(value)
 
 
@@ -72,7 +73,7 @@ class ADMConfig:
     def resolved_channel_mult(self) -> tuple[float, ...]:
         if self.channel_mult in ("", ()):
             if self.image_size not in DEFAULT_CHANNEL_MULT:
-                raise ValueError(
+                raise UserError(
                     f"image_size={self.image_size} has no default channel_mult "
                     f"(known: {sorted(DEFAULT_CHANNEL_MULT)}); pass channel_mult explicitly"
                 )
@@ -166,6 +167,8 @@ class _ADMTrunk(nn.Module):
         )
         layout.add("middle_block", "middle", ch, ds)
         self._layout = layout
+        self._num_encoder_blocks = len(self.input_blocks)
+        self._pruned_after: int | None = None
         self._ch, self._ds, self._mult = ch, ds, mult
 
     def _resblock(self, ch: int, out_ch: int, up: bool = False, down: bool = False) -> ResBlock:
@@ -192,14 +195,38 @@ class _ADMTrunk(nn.Module):
 
     @property
     def num_encoder_blocks(self) -> int:
-        return len(self.input_blocks)
+        """Encoder blocks of the full model (the numbering does not change when the model is pruned)."""
+        return self._num_encoder_blocks
+
+    def prune_intermediate_layers(self, indices: Iterable[int]) -> int:
+        """Drop every block after the deepest of ``indices``, and the output layer (timm's name).
+
+        For a model that only serves features: nothing that cannot reach a requested feature stays,
+        so fine-tuning leaves no parameter without a gradient (which DDP refuses) and a checkpoint
+        of the fine-tuned model holds only what is used. Block numbers keep their meaning; asking
+        for a dropped block or for the model's output afterwards is an error. Returns the deepest
+        block kept.
+        """
+        last = max(self.validate_blocks(indices))
+        enc = self.num_encoder_blocks
+        self.input_blocks = self.input_blocks[:last] if last <= enc else self.input_blocks
+        if last <= enc:
+            self.middle_block = None
+        if hasattr(self, "output_blocks"):
+            self.output_blocks = self.output_blocks[: max(last - enc - 1, 0)]
+        self.out = None
+        self._layout.info = self._layout.info[:last]
+        self._pruned_after = last
+        return last
 
     def validate_blocks(self, indices: Iterable[int]) -> list[int]:
         """Check paper block numbers against this model, with an error that lists the valid range."""
         blocks = [int(b) for b in indices]
         bad = [b for b in blocks if not 1 <= b <= self.num_blocks]
+        if bad and self._pruned_after is not None:
+            raise UserError(f"block(s) {bad} are not in this model: it was pruned after block {self._pruned_after}")
         if bad:
-            raise ValueError(
+            raise UserError(
                 f"block(s) {bad} do not exist in this model: valid blocks are 1..{self.num_blocks} "
                 f"(encoder 1..{self.num_encoder_blocks}, middle {self.num_encoder_blocks + 1}"
                 + (
@@ -217,20 +244,21 @@ class _ADMTrunk(nn.Module):
     def embed(
         self, t: torch.Tensor | int | Sequence[int], batch: int, y: torch.Tensor | None
     ) -> torch.Tensor:
-        t = torch.as_tensor(t, device=self.time_embed[0].weight.device)
-        t = self.diffusion.validate_timesteps(t)
+        if not isinstance(t, torch.Tensor) or t.device.type == "cpu":
+            t = self.diffusion.validate_timesteps(t)  # host values cost nothing to check
+        t = t.to(self.time_embed[0].weight.device)
         if t.ndim == 0:
             t = t.expand(batch)
         if t.shape != (batch,):
-            raise ValueError(f"timesteps must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+            raise UserError(f"timesteps must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
         weight = self.time_embed[0].weight
         emb = self.time_embed(timestep_embedding(t, self.config.num_channels).to(weight.dtype))
         if self.num_classes is not None:
             if y is None:
-                raise ValueError("this model is class-conditional: pass class labels y")
+                raise UserError("this model is class-conditional: pass class labels y")
             emb = emb + self.label_emb(y)
         elif y is not None:
-            raise ValueError("this model is unconditional: class labels y are not accepted")
+            raise UserError("this model is unconditional: class labels y are not accepted")
         return emb
 
     def _run_trunk(
@@ -304,9 +332,11 @@ class _ADMTrunk(nn.Module):
         blocks = self.validate_blocks(range(1, self.num_blocks + 1) if indices is None else indices)
         feedback = dict(feedback or {})
         if any(not 1 <= b <= self.num_encoder_blocks for b in feedback):
-            raise ValueError(f"feedback targets must be encoder blocks 1..{self.num_encoder_blocks}")
+            raise UserError(f"feedback targets must be encoder blocks 1..{self.num_encoder_blocks}")
         if stop_early and not intermediates_only:
-            raise ValueError("stop_early=True skips the output layer: use intermediates_only=True")
+            raise UserError("stop_early=True skips the output layer: use intermediates_only=True")
+        if self.out is None and not intermediates_only:
+            raise UserError("this model was pruned (prune_intermediate_layers): it has features, not an output")
         last = max(blocks, default=0) if stop_early else self.num_blocks
         keep_from = self.mirror_block(last) if last > self.num_encoder_blocks + 1 else last + 1
         emb = self.embed(t, x.shape[0], y)
@@ -376,7 +406,7 @@ class ADMEncoder(_ADMTrunk):
         ch = self._ch
         if config.pool == "attention":
             if config.num_head_channels == -1:
-                raise ValueError("pool='attention' needs num_head_channels")
+                raise UserError("pool='attention' needs num_head_channels")
             pool: nn.Module = AttentionPool2d(
                 config.image_size // self._ds, ch, config.num_head_channels, config.out_channels
             )
@@ -390,4 +420,4 @@ class ADMEncoder(_ADMTrunk):
                 nn.Flatten(),
             )
         else:
-            raise ValueError(f"pool={config.pool!r} is not supported: use 'attention' or 'adaptive'")
+            raise UserError(f"pool={config.pool!r} is not supported: use 'attention' or 'adaptive'")

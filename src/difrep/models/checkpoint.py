@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError):
     """A checkpoint file that cannot be read, or does not fit the model."""
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer noise steps: [cos(t w_i), sin(t w_i)], in float32."""
@@ -54,7 +56,7 @@ class Downsample(nn.Module):
         if use_conv:
             self.op: nn.Module = nn.Conv2d(channels, out_channels, 3, stride=2, padding=1)
         elif out_channels != channels:
-            raise ValueError("average-pool downsampling cannot change the channel count")
+            raise UserError("average-pool downsampling cannot change the channel count")
         else:
             self.op = nn.AvgPool2d(2)
 
@@ -70,7 +72,7 @@ class Upsample(nn.Module):
         out_channels = out_channels or channels
         self.conv = nn.Conv2d(channels, out_channels, 3, padding=1) if use_conv else None
         if self.conv is None and out_channels != channels:
-            raise ValueError("upsampling without a conv cannot change the channel count")
+            raise UserError("upsampling without a conv cannot change the channel count")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -162,10 +164,10 @@ def attend(qkv: torch.Tensor, num_heads: int, legacy_order: bool) -> torch.Tenso
 def resolve_num_heads(channels: int, num_heads: int, num_head_channels: int) -> int:
     if num_head_channels == -1:
         if channels % num_heads:
-            raise ValueError(f"{channels} channels do not split into num_heads={num_heads}")
+            raise UserError(f"{channels} channels do not split into num_heads={num_heads}")
         return num_heads
     if channels % num_head_channels:
-        raise ValueError(f"{channels} channels do not split into heads of {num_head_channels}")
+        raise UserError(f"{channels} channels do not split into heads of {num_head_channels}")
     return channels // num_head_channels
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..errors import MissingFileError, UserError
 from .adm import ADMConfig, ADMEncoder, ADMEncoderConfig, ADMUNet
 from .checkpoint import load_checkpoint
 
@@ -122,32 +124,32 @@ def list_models() -> list[str]:
 
 def _config_for(name: str, overrides: dict[str, Any]) -> ADMConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}: available models are {', '.join(list_models())}")
+        raise UserError(f"unknown model {name!r}: available models are {', '.join(list_models())}")
     base = PRESETS[name].config
     known = {f.name for f in fields(base)}
     if "use_fp16" in overrides:
-        raise ValueError(
+        raise UserError(
             "use_fp16 is a run-time choice in difrep, not a model flag: run under torch.autocast "
             "or pass dtype=torch.float16 to FeatureExtractor"
         )
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown flag(s) {unknown} for {name!r}: valid flags are {sorted(known)}")
+        raise UserError(f"unknown flag(s) {unknown} for {name!r}: valid flags are {sorted(known)}")
     return replace(base, **overrides)
 
 
 def shipped_weights(name: str) -> Path:
     """The path of the weights difrep ships for preset ``name``."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}: available models are {', '.join(list_models())}")
+        raise UserError(f"unknown model {name!r}: available models are {', '.join(list_models())}")
     preset = PRESETS[name]
     if not preset.shipped:
         shipped = [k for k, v in PRESETS.items() if v.shipped]
-        raise ValueError(f"difrep ships no weights for {name!r} (it does for {', '.join(shipped)}): pass "
+        raise UserError(f"difrep ships no weights for {name!r} (it does for {', '.join(shipped)}): pass "
                          f"checkpoint={preset.checkpoint or 'FILE'!r} instead")
     path = Path(str(resources.files("difrep.models") / "weights" / preset.shipped))
     if not path.is_file():
-        raise FileNotFoundError(f"the shipped weights of {name!r} are missing from the installation: {path}")
+        raise MissingFileError(f"the shipped weights of {name!r} are missing from the installation: {path}")
     return path
 
 
@@ -156,17 +158,22 @@ def create_model(
 ) -> ADMUNet | ADMEncoder:
     """Build a backbone from a preset and guided-diffusion flag overrides, optionally with weights.
 
-    ``pretrained`` loads the weights difrep ships for the preset (``adm-fmnist-28``). The model is
-    returned in eval mode. With weights the random initialisation is skipped: the model is built on
-    the meta device and adopts the checkpoint's tensors (as float32).
+    ``pretrained`` loads the weights difrep ships for the preset (``adm-fmnist-28``); a preset that has
+    shipped weights warns when it is built without them, since random features are rarely what was
+    meant. The model is returned in eval mode. With weights the random initialisation is skipped: the
+    model is built on the meta device and adopts the checkpoint's tensors (as float32).
     """
     if pretrained:
         if checkpoint is not None:
-            raise ValueError("pass either checkpoint or pretrained=True, not both")
+            raise UserError("pass either checkpoint or pretrained=True, not both")
         checkpoint = shipped_weights(name)
     config = _config_for(name, overrides)
     builder = PRESETS[name].builder
     if checkpoint is None:
+        if name in PRESETS and PRESETS[name].shipped:
+            warnings.warn(f"{name!r} has weights shipped with difrep but was built with random weights: pass "
+                          "pretrained=True (command line: --pretrained; configs: model.pretrained=true) to use them",
+                          UserWarning, stacklevel=2)
         return builder(config).eval()
     with torch.device("meta"):
         model = builder(config)

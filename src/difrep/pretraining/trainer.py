@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data import build_transform, collate_skipping, load_split
 from ..distributed import init_distributed
+from ..errors import UserError
 from ..evaluation.plots import plot_loss_curve
 from ..features.cache import atomic_write
 from ..models import create_model
@@ -49,7 +50,7 @@ class StepBatches(Sampler[list[int]]):
     def __init__(self, size: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
                  world: int = 1) -> None:
         if size < batch_size * world:
-            raise ValueError(f"the data has {size} images, fewer than one global batch of {batch_size * world}")
+            raise UserError(f"the data has {size} images, fewer than one global batch of {batch_size * world}")
         self.size, self.batch, self.seed, self.start, self.stop = size, batch_size, seed, start, stop
         self.rank, self.world = rank, world
         self.per_epoch = size // (batch_size * world)
@@ -93,15 +94,16 @@ class Pretrainer:
             torch.set_num_threads(cfg.run.threads)
         self.rank, self.world, self.device = init_distributed()
         if cfg.run.precision not in PRECISIONS:
-            raise ValueError(f"run.precision={cfg.run.precision!r}: use fp32, bf16 or fp16")
+            raise UserError(f"run.precision={cfg.run.precision!r}: use fp32, bf16 or fp16")
         if cfg.run.export_dtype not in EXPORT_DTYPES:
-            raise ValueError(f"run.export_dtype={cfg.run.export_dtype!r}: use {', '.join(EXPORT_DTYPES)}")
+            raise UserError(f"run.export_dtype={cfg.run.export_dtype!r}: use {', '.join(EXPORT_DTYPES)}")
         if cfg.optim.steps < 1 or cfg.optim.batch_size < 1:
-            raise ValueError("optim.steps and optim.batch_size must be positive")
+            raise UserError("optim.steps and optim.batch_size must be positive")
         torch.manual_seed(cfg.run.seed)
-        self.model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, **cfg.model.flags)
+        self.model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, pretrained=cfg.model.pretrained,
+                                  **cfg.model.flags)
         if getattr(self.model, "num_classes", None) is not None or not hasattr(self.model, "output_blocks"):
-            raise ValueError(f"model {cfg.model.name!r}: difrep pretrain trains unconditional U-Nets only")
+            raise UserError(f"model {cfg.model.name!r}: difrep pretrain trains unconditional U-Nets only")
         self.model.to(self.device).train()
         self.diffusion = self.model.diffusion
         d = cfg.data
@@ -168,7 +170,7 @@ class Pretrainer:
         now = {k: v for k, v in self.cfg.to_dict().items() if k != "run"}
         saved["optim"].pop("steps"), now["optim"].pop("steps")
         if saved != now or state["config"]["run"]["seed"] != self.cfg.run.seed:
-            raise ValueError(f"{path} was made with another config: choose another run.out or delete it")
+            raise UserError(f"{path} was made with another config: choose another run.out or delete it")
         self.model.load_state_dict(state["model"])
         self.ema.model.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
@@ -220,7 +222,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     bar = tqdm(total=cfg.optim.steps, initial=start, desc="pretrain", unit="step", disable=not (cfg.run.progress and main))
     for step, batch in enumerate(trainer.loader(start), start=start):
         if batch is None:
-            raise ValueError(f"step {step}: every image of the batch was unreadable")
+            raise UserError(f"step {step}: every image of the batch was unreadable")
         images = batch[0]
         window.append(trainer.step(step, images))
         seen += images.shape[0] * trainer.world

@@ -8,11 +8,17 @@ from typing import Any
 
 import yaml
 
+from ..errors import MissingFileError, UserError
+
 
 @dataclass
 class ModelConfig:
+    """The backbone: a preset, its weights (a checkpoint file, or ``pretrained`` for the weights difrep
+    ships) and guided-diffusion flag overrides."""
+
     name: str = "adm-256-uncond"
     checkpoint: str | None = None
+    pretrained: bool = False
     flags: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,7 +108,7 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ValueError(f"option {where}: expected {type(default).__name__}, got {value!r}")
+        raise UserError(f"option {where}: expected {type(default).__name__}, got {value!r}")
     return value
 
 
@@ -110,11 +116,11 @@ def _build(cls: type, data: Any, where: str, defaults: Any = None) -> Any:
     """``defaults`` (a ``cls`` instance) supplies what ``data`` leaves out; a section's own default
     (``PretrainConfig.model`` names 'adm', say) wins over its class's."""
     if not isinstance(data, dict):
-        raise ValueError(f"section {where.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise UserError(f"section {where.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(where + k for k in unknown)}: valid are "
+        raise UserError(f"unknown option(s) {', '.join(where + k for k in unknown)}: valid are "
                          f"{', '.join(where + k for k in sorted(known))}")
     defaults = cls() if defaults is None else defaults
     kwargs = {}
@@ -129,7 +135,7 @@ def _build(cls: type, data: Any, where: str, defaults: Any = None) -> Any:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ValueError(f"override {text!r} must look like section.option=value (e.g. optim.lr=0.01)")
+        raise UserError(f"override {text!r} must look like section.option=value (e.g. optim.lr=0.01)")
     key, value = text.split("=", 1)
     return key.split("."), yaml.safe_load(value)
 
@@ -142,17 +148,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config {path}: no such file")
+            raise MissingFileError(f"config {path}: no such file")
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"config {path}: expected a mapping of sections")
+            raise UserError(f"config {path}: expected a mapping of sections")
     for text in overrides:
         keys, value = parse_override(text)
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {text!r}: {k} is not a section")
+                raise UserError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
     return _build(schema, data, "")
 

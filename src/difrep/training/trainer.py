@@ -26,8 +26,10 @@ from tqdm.auto import tqdm
 
 from ..data import build_loader, build_transform, load_split
 from ..distributed import init_distributed
+from ..errors import MissingFileError, UserError
 from ..features import FeatureExtractor
 from ..features.cache import atomic_write, file_sha256
+from ..features.noise import image_seed, per_image_noise
 from ..heads import AttentionHead, CNNHead, DifFeed, DifFormer, LinearHead, MLPHead
 from ..models import create_model
 from .config import TrainConfig, config_from_dict
@@ -42,35 +44,69 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 
 class Classifier(nn.Module):
-    """A backbone and a head: images in [-1, 1] to logits. Fresh noise in train mode, per-image noise in eval."""
+    """A backbone and a head: images in [-1, 1] to logits.
+
+    The noise of x_t is drawn per image from (seed, image index): in eval mode with ``seed`` (the
+    evaluation noise, the same on every machine), in train mode with ``train_noise_seed``, which the
+    trainer changes every epoch, so that each image gets new noise at every pass over the data. The
+    training flip (``flip``) is drawn the same way. Neither depends on the batch an image lands in or
+    on the number of processes.
+    """
 
     def __init__(self, model: nn.Module, head: nn.Module, timesteps: list[int], blocks: list[int], seed: int,
-                 finetune: bool) -> None:
+                 finetune: bool, flip: bool = False) -> None:
         super().__init__()
-        self.model, self.head = model, head
+        self.model, self.head, self.flip = model, head, flip
         self.key = (timesteps[0], blocks[0])
-        self._extractors = (
-            FeatureExtractor(model, timesteps, blocks, noise="fresh", requires_grad=finetune, chunk_size=4096),
-            FeatureExtractor(model, timesteps, blocks, noise="fixed", seed=seed, chunk_size=4096),
-        )
+        self.train_noise_seed = seed
+        # a tuple, so that the extractor's reference to the U-Net is not registered a second time
+        self._extractor = () if isinstance(head, DifFeed) else (
+            FeatureExtractor(model, timesteps, blocks, noise="fixed", seed=seed, requires_grad=finetune, chunk_size=4096),)
         self.train(False)
 
     def forward(self, images: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        if isinstance(self.head, DifFeed):
-            return self.head(images, indices)
-        feats = self._extractors[0 if self.training else 1](images, indices)
+        noise = None
+        if self.training:
+            noise = per_image_noise(images.shape[1:], indices, self.train_noise_seed, device=images.device)
+            if self.flip:
+                mirrored = [image_seed(self.train_noise_seed, i, draw=1) & 1 == 1 for i in indices]
+                mask = torch.tensor(mirrored, device=images.device)[:, None, None, None]
+                images = torch.where(mask, images.flip(-1), images)
+        if not self._extractor:
+            return self.head(images, indices, noise=None if noise is None else noise[:, 0])
+        feats = self._extractor[0](images, indices, noise=noise)
         return self.head(feats) if isinstance(self.head, DifFormer) else self.head(feats[self.key])
+
+
+def _to_device(batch: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Images and labels to the device; the data-set indices stay on the host, where they seed the noise."""
+    images, labels, indices = batch
+    return images.to(device, non_blocking=True), labels.to(device, non_blocking=True), indices.tolist()
+
+
+def keep_reachable_blocks(model: nn.Module, head: nn.Module, blocks: list[int], finetune: bool) -> None:
+    """Prune the U-Net after the deepest block the head reads, and when fine-tuning freeze what only
+    DifFeed's gradient-free first pass reaches: every parameter left trainable then gets a gradient,
+    as DDP requires, and nothing unused is kept in memory or in checkpoints."""
+    if isinstance(head, DifFeed):
+        model.prune_intermediate_layers([*(b for pair in head.pairs for b in pair), head.feature_block])
+        if finetune:
+            for info in model.feature_info:
+                if info.index > head.feature_block:
+                    model.get_submodule(info.module).requires_grad_(False)
+    else:
+        model.prune_intermediate_layers(blocks)
 
 
 def build_head(cfg: TrainConfig, model: nn.Module, num_classes: int) -> nn.Module:
     """The configured head, checked against the model before anything is trained."""
     h, ts, bs = cfg.head, cfg.features.timesteps, cfg.features.blocks
     if h.name not in HEADS:
-        raise ValueError(f"head.name={h.name!r} is unknown: use one of {', '.join(HEADS)}")
+        raise UserError(f"head.name={h.name!r} is unknown: use one of {', '.join(HEADS)}")
     model.diffusion.validate_timesteps(ts)
     model.validate_blocks(bs)
     if h.name != "difformer" and (len(ts) != 1 or len(bs) != 1):
-        raise ValueError(f"head {h.name!r} takes one noise step and one block: got timesteps={ts}, blocks={bs}")
+        raise UserError(f"head {h.name!r} takes one noise step and one block: got timesteps={ts}, blocks={bs}")
     info = {i.index: i for i in model.feature_info}
     c, s = info[bs[0]].num_chs, info[bs[0]].resolution
     transformer = dict(dim=h.dim, depth=h.depth, num_heads=h.num_heads, norm=h.norm)
@@ -91,7 +127,8 @@ def build_head(cfg: TrainConfig, model: nn.Module, num_classes: int) -> nn.Modul
 def _dataset(cfg: TrainConfig, split: str, image_size: int, train: bool) -> tuple[Dataset, int]:
     d = cfg.data
     options = {"class_list": d.class_list} if d.class_list else {}
-    data, classes = load_split(d.name, d.root, split, build_transform(image_size, train=train, flip=d.flip),
+    # the training flip is drawn per image by the Classifier, so that it does not depend on the process count
+    data, classes = load_split(d.name, d.root, split, build_transform(image_size, train=train, flip=False),
                                d.per_class, cfg.run.seed, check=d.check, on_error=d.on_error, **options)  # type: ignore[arg-type]
     return data, len(classes)
 
@@ -103,21 +140,23 @@ class Experiment:
         self.cfg = cfg
         self.rank, self.world, self.device = init_distributed()
         if cfg.run.precision not in PRECISIONS:
-            raise ValueError(f"run.precision={cfg.run.precision!r}: use fp32, bf16 or fp16")
+            raise UserError(f"run.precision={cfg.run.precision!r}: use fp32, bf16 or fp16")
         if cfg.optim.name not in ("sgd", "adam"):
-            raise ValueError(f"optim.name={cfg.optim.name!r}: use sgd or adam")
+            raise UserError(f"optim.name={cfg.optim.name!r}: use sgd or adam")
         torch.manual_seed(cfg.run.seed)
-        self.model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, **cfg.model.flags)
+        self.model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, pretrained=cfg.model.pretrained,
+                                  **cfg.model.flags)
         self.train_data, classes = _dataset(cfg, cfg.data.train_split, self.model.image_size, train=True)
         self.test_data, test_classes = _dataset(cfg, cfg.data.test_split, self.model.image_size, train=False)
         if classes != test_classes:
-            raise ValueError(f"{cfg.data.train_split} has {classes} classes but {cfg.data.test_split} has {test_classes}")
+            raise UserError(f"{cfg.data.train_split} has {classes} classes but {cfg.data.test_split} has {test_classes}")
         self.num_classes = classes
         head = build_head(cfg, self.model, classes)
         if not cfg.run.finetune:
             self.model.requires_grad_(False)
+        keep_reachable_blocks(self.model, head, cfg.features.blocks, cfg.run.finetune)
         self.classifier = Classifier(self.model, head, cfg.features.timesteps, cfg.features.blocks, cfg.run.seed,
-                                     cfg.run.finetune).to(self.device)
+                                     cfg.run.finetune, flip=cfg.data.flip).to(self.device)
         self.params = [p for p in self.classifier.parameters() if p.requires_grad]
         self.net: nn.Module = (DistributedDataParallel(self.classifier) if self.world > 1 else self.classifier)
         o = cfg.optim
@@ -134,15 +173,30 @@ class Experiment:
         elif o.schedule == "constant":
             self.sched = torch.optim.lr_scheduler.ConstantLR(self.opt, factor=1.0)
         else:
-            raise ValueError(f"optim.schedule={o.schedule!r}: use step, cosine or constant")
+            raise UserError(f"optim.schedule={o.schedule!r}: use step, cosine or constant")
         self.amp_dtype = PRECISIONS[cfg.run.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.out = Path(cfg.run.out)
 
+    def _backbone_prefixes(self) -> list[str]:
+        """Where the U-Net sits in the classifier's state dict: ``model``, and ``head.model`` for DifFeed."""
+        return [name for name, m in self.classifier.named_modules(remove_duplicate=False) if m is self.model]
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The weights a run changes: the head, plus the U-Net when fine-tuning."""
-        state = self.classifier.state_dict()
-        return state if self.cfg.run.finetune else {k: v for k, v in state.items() if not k.startswith("model.")}
+        """The weights a run changes: the head, plus the U-Net (once) when fine-tuning. A frozen backbone is
+        never saved: it is rebuilt from model.name / checkpoint / pretrained."""
+        prefixes = [p + "." for p in self._backbone_prefixes()]
+        kept = "model." if self.cfg.run.finetune else None
+        return {k: v for k, v in self.classifier.state_dict().items()
+                if not any(k.startswith(p) and p != kept for p in prefixes)}
+
+    def load_trainable_state(self, weights: dict[str, torch.Tensor], source: Path) -> None:
+        """Load :meth:`trainable_state` back; anything else missing or unexpected is an error naming ``source``."""
+        missing, unexpected = self.classifier.load_state_dict(weights, strict=False)
+        expected = set(self.trainable_state())
+        bad = sorted(k for k in missing if k in expected) + sorted(unexpected)
+        if bad:
+            raise UserError(f"{source} does not fit the model and head of its config: {bad[:5]}")
 
     def evaluate(self) -> dict[str, float]:
         """Top-1/top-5 over the whole test split, each image once across processes."""
@@ -154,10 +208,10 @@ class Experiment:
             for batch in tqdm(loader, desc="evaluate", disable=not (self.cfg.run.progress and self.rank == 0)):
                 if batch is None:
                     continue
-                images, labels, indices = (x.to(self.device) for x in batch)
-                top5 = self.classifier(images, indices.tolist()).float().topk(min(5, self.num_classes), dim=1).indices
+                images, labels, indices = _to_device(batch, self.device)
+                top5 = self.classifier(images, indices).float().topk(min(5, self.num_classes), dim=1).indices
                 hits = top5 == labels[:, None]
-                counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), torch.tensor(len(labels))]).to(counts)
+                counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), labels.new_tensor(len(labels))]).to(counts)
         if self.world > 1:
             dist.all_reduce(counts)
         return {"top1": 100 * counts[0].item() / counts[2].item(), "top5": 100 * counts[1].item() / counts[2].item(),
@@ -166,13 +220,13 @@ class Experiment:
     def _train_loader(self, epoch: int):
         loader = build_loader(self.train_data, self.cfg.optim.batch_size, train=True, workers=self.cfg.data.workers,
                               distributed=self.world > 1, seed=self.cfg.run.seed)
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch)
-        loader.generator.manual_seed(self.cfg.run.seed * 1_000_003 + epoch)
+        assert isinstance(loader.sampler, DistributedSampler)
+        loader.sampler.set_epoch(epoch)
         return loader
 
     def train_epoch(self, epoch: int) -> float:
         torch.manual_seed((self.cfg.run.seed * 1_000_003 + epoch) * 4099 + self.rank)
+        self.classifier.train_noise_seed = image_seed(self.cfg.run.seed + 1, epoch)
         self.classifier.train(True)
         if not self.cfg.run.finetune:
             self.model.eval()
@@ -184,18 +238,26 @@ class Experiment:
         for step, batch in enumerate(bar):
             if batch is None:
                 continue
-            images, labels, indices = (x.to(self.device) for x in batch)
+            images, labels, indices = _to_device(batch, self.device)
             with autocast(self.device, self.amp_dtype):
-                loss = F.cross_entropy(self.net(images, indices.tolist()).float(), labels)
+                loss = F.cross_entropy(self.net(images, indices).float(), labels)
             self.scaler.scale(loss / accum).backward()
             if (step + 1) % accum == 0 or step + 1 == len(loader):
                 self.scaler.step(self.opt)
                 self.scaler.update()
                 self.opt.zero_grad(set_to_none=True)
-            total, steps = total + loss.item(), steps + 1
-            bar.set_postfix(loss=f"{total / steps:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.2e}")
+            total, steps = total + loss.detach(), steps + 1
+            if steps % 25 == 1:  # reading the loss waits for the device: not at every step
+                bar.set_postfix(loss=f"{float(total) / steps:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.2e}")
         self.sched.step()
-        return total / max(steps, 1)
+        return self._mean_over_processes(total, steps)
+
+    def _mean_over_processes(self, total: torch.Tensor | float, steps: int) -> float:
+        """The epoch's mean batch loss over every process, not rank 0's share alone."""
+        sums = torch.tensor([float(total), float(steps)], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(sums)
+        return (sums[0] / sums[1].clamp_min(1)).item()
 
     def checkpoint(self, epoch: int, history: list[dict]) -> Path:
         path = self.out / "last.pt"
@@ -215,8 +277,8 @@ class Experiment:
         saved = {k: v for k, v in state["config"].items() if k != "run"}
         now = {k: v for k, v in self.cfg.to_dict().items() if k != "run"}
         if saved != now or state["config"]["run"]["seed"] != self.cfg.run.seed:
-            raise ValueError(f"{path} was made with another config: choose another run.out or delete it")
-        self.classifier.load_state_dict(state["weights"], strict=False)
+            raise UserError(f"{path} was made with another config: choose another run.out or delete it")
+        self.load_trainable_state(state["weights"], path)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -256,7 +318,7 @@ class _WandbLogger:
         try:
             import wandb
         except ImportError as err:
-            raise ValueError("run.wandb=true needs the wandb package: pip install wandb") from err
+            raise UserError("run.wandb=true needs the wandb package: pip install wandb") from err
         self.run = wandb.init(project="difrep", name=Path(cfg.run.out).name, config=cfg.to_dict(), dir=cfg.run.out)
 
     def add_scalar(self, name: str, value: float, step: int) -> None:
@@ -305,7 +367,7 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
     """Rebuild a run from its checkpoint and evaluate it on its test split (any number of processes)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
+        raise MissingFileError(f"checkpoint {path}: no such file")
     state = torch.load(path, map_location="cpu", weights_only=True)
     data = state["config"]
     for key, value in (overrides or {}).items():
@@ -314,11 +376,8 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
     cfg = config_from_dict(data)
     exp = Experiment(cfg)
     if exp.num_classes != state["num_classes"]:
-        raise ValueError(f"{path} classifies {state['num_classes']} classes, the data has {exp.num_classes}")
-    missing, unexpected = exp.classifier.load_state_dict(state["weights"], strict=False)
-    bad = [k for k in missing if not k.startswith("model.")] + list(unexpected)
-    if bad:
-        raise ValueError(f"{path} does not fit the head of its config: {bad[:5]}")
+        raise UserError(f"{path} classifies {state['num_classes']} classes, the data has {exp.num_classes}")
+    exp.load_trainable_state(state["weights"], path)
     result = {**exp.evaluate(), "checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "epoch": state["epoch"],
               "config": cfg.to_dict()}
     return result

@@ -1,0 +1,88 @@
+"""The shipped configs/*.yaml load and hold the paper's settings (SPEC.md: heads, blocks, timesteps, protocol)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from difrep.models import create_model
+from difrep.models.registry import PRESETS
+from difrep.pretraining.config import PretrainConfig
+from difrep.training import load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# SPEC.md, "Heads" and "Training protocol": lr and per-process batch (x 4 GPUs) of each head,
+# and the blocks / timesteps it reads. Every file configs/<data>_<head>.yaml is checked against this.
+HEADS = {
+    "linear": dict(lr=1e-2, batch_size=32, timesteps=[150], blocks=[24]),
+    "attention": dict(lr=5e-2, batch_size=32, timesteps=[150], blocks=[24]),
+    "difformer": dict(lr=5e-2, batch_size=32, timesteps=[90, 150, 300], blocks=[19, 24, 30]),
+    "difeed": dict(lr=1e-2, batch_size=4, timesteps=[150], blocks=[24]),
+}
+DATASETS = ("imagenet", "folder")
+HEAD_CONFIGS = [CONFIGS / f"{data}_{head}.yaml" for data in DATASETS for head in HEADS]
+PRETRAIN_CONFIGS = [CONFIGS / "pretrain_fashion_mnist.yaml"]
+
+
+def test_every_config_file_is_checked_here():
+    """A new config without a check below fails this test."""
+    on_disk = sorted(CONFIGS.glob("*.yaml"))
+    assert on_disk, f"no configs found in {CONFIGS}"
+    assert sorted(HEAD_CONFIGS + PRETRAIN_CONFIGS) == on_disk
+
+
+@pytest.mark.parametrize("path", HEAD_CONFIGS, ids=lambda p: p.stem)
+def test_head_config_follows_the_papers_protocol(path):
+    data, head = path.stem.split("_", 1)
+    cfg = load_config(path)
+    want = HEADS[head]
+    assert cfg.head.name == head
+    assert cfg.data.name == data
+    # the paper's backbone: the unconditional 256x256 ADM with its public checkpoint
+    assert cfg.model.name == "adm-256-uncond"
+    assert cfg.model.checkpoint == "256x256_diffusion_uncond.pt"
+    assert cfg.features.timesteps == want["timesteps"]
+    assert cfg.features.blocks == want["blocks"]
+    # the released scripts: SGD, 28 epochs, StepLR every 7 epochs x 0.1, evaluation every 7 epochs
+    assert cfg.optim.name == "sgd"
+    assert cfg.optim.lr == pytest.approx(want["lr"], rel=1e-12)
+    assert cfg.optim.batch_size == want["batch_size"]
+    assert cfg.optim.epochs == 28
+    assert cfg.optim.schedule == "step"
+    assert cfg.optim.step_epochs == 7
+    assert cfg.optim.gamma == pytest.approx(0.1, rel=1e-12)
+    assert cfg.optim.eval_every == 7
+    assert cfg.run.finetune is False, "the paper's heads train on a frozen U-Net"
+    if head == "linear":
+        assert cfg.head.pool == 2, "the GD linear head pools to 2x2 (4096 features at b=24)"
+    if head in ("attention", "difformer", "difeed"):
+        assert cfg.head.depth == 2 and cfg.head.dim == 1024 and cfg.head.num_heads == 8
+        assert cfg.head.norm == "layernorm"
+    if head == "difeed":
+        assert cfg.head.strategy == "bottleneck"
+
+
+@pytest.mark.parametrize("path", PRETRAIN_CONFIGS, ids=lambda p: p.stem)
+def test_pretrain_config_builds_the_shipped_model(path):
+    """SPEC.md says nothing about pretraining: the config must reproduce the model difrep ships
+    (adm-fmnist-28, 1,923,622 parameters), trained on Fashion-MNIST."""
+    cfg = load_config(path, schema=PretrainConfig)
+    assert isinstance(cfg, PretrainConfig)
+    assert cfg.data.name == "fashion-mnist" and cfg.data.split == "train"
+    assert cfg.model.name == "adm"
+    model = create_model(cfg.model.name, **cfg.model.flags)
+    shipped = PRESETS["adm-fmnist-28"].config
+    assert model.config == shipped
+    assert sum(p.numel() for p in model.parameters()) == 1_923_622
+    assert cfg.optim.steps > 0 and cfg.optim.batch_size > 0 and 0 < cfg.optim.lr < 1e-2
+    assert 0 < cfg.optim.ema_decay < 1
+
+
+def test_a_head_config_refuses_the_pretrain_schema_and_vice_versa():
+    """The two schemas are not interchangeable: loading with the wrong one is an error, not silent defaults."""
+    with pytest.raises(ValueError, match="unknown option"):
+        load_config(HEAD_CONFIGS[0], schema=PretrainConfig)
+    with pytest.raises(ValueError, match="unknown option"):
+        load_config(PRETRAIN_CONFIGS[0])
