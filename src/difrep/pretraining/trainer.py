@@ -1,9 +1,11 @@
 """``difrep pretrain``: an unconditional DDPM (ADM U-Net) trained on any image set difrep reads.
 
-Every step is a pure function of (seed, step, rank): the images of the step, their flips, noise
-steps t and noise all come from generators seeded by them. A run killed at any point and resumed
-from its last checkpoint therefore continues exactly as one never interrupted. Under torchrun each
-process takes its slice of the step's global batch and DDP averages the gradients.
+Every step is a pure function of (seed, step): the images of the step come from a permutation seeded
+by (seed, epoch), and each image's flip, noise step t and noise from a generator seeded by (seed,
+step, its position in the step's global batch). A run killed at any point and resumed from its last
+checkpoint therefore continues exactly as one never interrupted, and w processes of batch B take the
+same steps as one process of batch w x B: under torchrun each process takes its slice of the global
+batch, DDP averages the gradients, and the logged losses are averaged over the processes.
 """
 
 from __future__ import annotations
@@ -131,12 +133,15 @@ class Pretrainer:
 
     def step(self, step: int, images: torch.Tensor) -> dict[str, float]:
         """One optimisation step on this process's images; returns the batch means of the loss terms."""
-        gen = torch.Generator().manual_seed(_mix(self.cfg.run.seed, step, self.rank, 7))
         n = images.shape[0]
-        flip = torch.rand(n, generator=gen) < 0.5 if self.cfg.data.flip else torch.zeros(n, dtype=torch.bool)
+        flip, t, noise = torch.zeros(n, dtype=torch.bool), torch.empty(n, dtype=torch.long), torch.empty(images.shape)
+        for i in range(n):
+            gen = torch.Generator().manual_seed(_mix(self.cfg.run.seed, step, self.rank * n + i, 7))
+            flip[i] = bool(torch.rand((), generator=gen) < 0.5) and self.cfg.data.flip
+            t[i] = int(torch.randint(0, self.diffusion.num_timesteps, (), generator=gen))
+            noise[i] = torch.randn(images.shape[1:], generator=gen)
         x0 = torch.where(flip[:, None, None, None], images.flip(-1), images).to(self.device)
-        t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=gen).to(self.device)
-        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        t, noise = t.to(self.device), noise.to(self.device)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
         with autocast(self.device, self.amp_dtype):
@@ -152,6 +157,14 @@ class Pretrainer:
         self.scaler.update()
         self.ema.update(self.model, step)
         return {k: v.mean().item() for k, v in terms.items()} | {"grad_norm": float(grad_norm)}
+
+    def mean_over_processes(self, values: dict[str, float]) -> dict[str, float]:
+        """Logged means over every process's images, not rank 0's share alone (every rank must call it)."""
+        if self.world == 1:
+            return values
+        stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(stacked)
+        return dict(zip(values, (stacked / self.world).tolist()))
 
     def checkpoint(self, step: int) -> Path:
         path = self.out / "last.pt"
@@ -230,7 +243,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         done = step + 1
         if done % cfg.run.log_every == 0 or done == cfg.optim.steps:
             elapsed = time.perf_counter() - window_start
-            row: dict[str, Any] = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            row: dict[str, Any] = trainer.mean_over_processes(
+                {k: sum(w[k] for w in window) / len(window) for k in window[0]})
             row.update(step=done, lr=trainer.lr_at(step), images_per_s=seen / elapsed,
                        seconds=time.perf_counter() - began)
             bar.set_postfix(loss=f"{row['loss']:.4f}", mse=f"{row['mse']:.4f}")
