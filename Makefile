@@ -14,8 +14,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[test]'
-	# guided-diffusion's own code, used only by the tests as the reference implementation
-	$(PY) -m pip install -q --no-deps guided-diffusion-sdk==1.0.0
 	touch $(STAMP)
 
 fashion-mnist:
@@ -27,8 +25,9 @@ fashion-mnist:
 	  fi; \
 	fi
 
+# the reference tests (guided-diffusion's own code) must fail, not skip, when the reference is missing
 test: $(STAMP) fashion-mnist
-	$(PY) -m pytest -q
+	DIFREP_REQUIRE_REFERENCE=1 $(PY) -m pytest -q
 
 demo: $(STAMP) fashion-mnist
 	$(VENV)/bin/difrep demo

@@ -70,3 +70,39 @@ def test_data_check_verify_lists_unreadable_images(tmp_path, capsys):
     assert main(["data", "check", "cub200", str(tmp_path), "--splits", "train", "--verify", "--workers", "0"]) == 1
     out = capsys.readouterr().out
     assert f"unreadable image {bad}" in out and "decoded 5 of 6 images" in out
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    from difrep.cli import info
+
+    assert main(["info", "adm-999"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("difrep info: error: unknown model 'adm-999'") and "Traceback" not in err
+
+    def broken(args, extra):
+        raise KeyError("an internal key")  # a library bug, not the user's input
+
+    monkeypatch.setattr(info, "run", broken)
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'an internal key'" in err and "bug in difrep" in err
+
+
+def test_train_uses_the_shipped_weights_when_asked(tmp_path, capsys):
+    import pytest
+    from fakes import make_fashion_mnist
+
+    from difrep.training import Experiment, load_config
+
+    make_fashion_mnist(tmp_path, n=20, prefixes=("train", "t10k"))
+    args = ["model.name=adm-fmnist-28", "data.name=fashion-mnist", f"data.root={tmp_path}", "data.check=false",
+            "data.workers=0", "features.blocks=[7]", "head.name=linear", "optim.epochs=1", f"run.out={tmp_path / 'r'}",
+            "run.progress=false", "run.tensorboard=false"]
+    shipped = create_model("adm-fmnist-28", pretrained=True).state_dict()
+    exp = Experiment(load_config(None, [*args, "model.pretrained=true"]))
+    for k, v in exp.model.state_dict().items():
+        assert torch.equal(v, shipped[k]), k
+    with pytest.warns(UserWarning, match="model.pretrained=true"):
+        Experiment(load_config(None, args))
+    assert main(["train", *args, "model.pretrained=true"]) == 0
+    assert "top-1" in capsys.readouterr().out

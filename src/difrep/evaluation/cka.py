@@ -100,13 +100,13 @@ def cka_matrix(
     if batch_size is None:
         n = len(xs[0])
         if max(t[0].numel() for t in [*xs, *ys]) <= n:
-            return torch.tensor([[linear_cka(x, y) for y in ys] for x in xs])
+            return torch.tensor([[linear_cka(x, y) for y in ys] for x in xs], dtype=torch.float64)
         grams_y = [_centred_gram(y) for y in ys]
         rows = []
         for x in xs:
             kx = _centred_gram(x)
             rows.append([_cka_from_grams(kx, ky) for ky in grams_y])
-        return torch.tensor(rows)
+        return torch.tensor(rows, dtype=torch.float64)
     n = len(xs[0])
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     acc = MinibatchCKA(len(xs), len(ys))
