@@ -30,8 +30,9 @@ def test_stop_early_computes_nothing_after_the_deepest_block(deepest):
     assert "out" not in calls
 
 
-def test_stop_early_features_equal_the_full_pass(unet):
-    x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
+def test_stop_early_features_equal_the_full_pass(unet_on, device):
+    unet = unet_on
+    x, t = torch.randn(2, 3, 32, 32, device=device), torch.tensor([3, 700], device=device)
     with torch.no_grad():
         full = unet.forward_intermediates(x, t)
         early = unet.forward_intermediates(x, t, indices=[19, 14, 8], stop_early=True)
@@ -40,8 +41,9 @@ def test_stop_early_features_equal_the_full_pass(unet):
         torch.testing.assert_close(f, full[b], rtol=0, atol=0)
 
 
-def test_forward_equals_the_output_of_the_full_pass(unet):
-    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0, 999])
+def test_forward_equals_the_output_of_the_full_pass(unet_on, device):
+    unet = unet_on
+    x, t = torch.randn(2, 3, 32, 32, device=device), torch.tensor([0, 999], device=device)
     with torch.no_grad():
         eps = unet(x, t)
         eps2, _ = unet.forward_intermediates(x, t, indices=[1], intermediates_only=False)
@@ -49,11 +51,12 @@ def test_forward_equals_the_output_of_the_full_pass(unet):
     torch.testing.assert_close(eps, eps2, rtol=0, atol=0)
 
 
-def test_feedback_adds_to_an_encoder_block_output(unet):
-    x, t = torch.randn(2, 3, 32, 32), 150
+def test_feedback_adds_to_an_encoder_block_output(unet_on, device):
+    unet = unet_on
+    x, t = torch.randn(2, 3, 32, 32, device=device), 150
     target = 5
     info = unet.feature_info[target - 1]
-    extra = torch.randn(2, info.num_chs, info.resolution, info.resolution)
+    extra = torch.randn(2, info.num_chs, info.resolution, info.resolution, device=device)
     with torch.no_grad():
         base = unet.forward_intermediates(x, t, indices=[target, target + 1, 14])
         zero = unet.forward_intermediates(x, t, indices=[14], feedback={target: torch.zeros_like(extra)})
@@ -81,11 +84,12 @@ def test_invalid_blocks_and_labels_get_clear_errors(unet):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast_precisions_track_float32(unet, dtype):
-    x, t = torch.randn(2, 3, 32, 32), torch.tensor([90, 300])
+def test_autocast_precisions_track_float32(unet_on, device, dtype):
+    unet = unet_on
+    x, t = torch.randn(2, 3, 32, 32, device=device), torch.tensor([90, 300], device=device)
     with torch.no_grad():
         ref = unet.forward_intermediates(x, t, indices=[8, 15], stop_early=True)
-        with torch.autocast("cpu", dtype=dtype):
+        with torch.autocast(device.type, dtype=dtype):
             low = unet.forward_intermediates(x, t, indices=[8, 15], stop_early=True)
     for b in ref:
         assert low[b].dtype == dtype
