@@ -74,6 +74,7 @@ def test_sweep_writes_table_heatmaps_and_a_held_out_recommendation(data, tmp_pat
     best = max(rows, key=lambda r: float(r["probe_val_top1"]))
     assert float(summary["recommended"]["probe_val_top1"]) == pytest.approx(float(best["probe_val_top1"]), abs=1e-3)
     assert summary["chosen_on"] == "held-out part of the training split"
+    assert summary["solver"] == "sgd" and summary["recommended"]["l2"] is None, "the paper's probe by default"
     for name in ("heatmap_probe_val.png", "heatmap_probe_test.png", "heatmap_knn_test.png"):
         assert (out / name).stat().st_size > 1000
 

@@ -112,7 +112,7 @@ def _sweep(model: nn.Module, name: str, train, test, cfg: DemoConfig, timesteps:
     blocks = cfg.blocks or list(range(1, model.num_blocks + 1))
     caches = [_extract(model, split, out / f"cache-{name}-{tag}", timesteps, blocks, cfg.pools,
                        {**description, "split": tag}, cfg.progress) for split, tag in ((train, "train"), (test, "test"))]
-    rows = run_sweep(*caches, progress=cfg.progress)
+    rows = run_sweep(*caches, progress=cfg.progress, solver="lbfgs")
     write_csv(rows, out / f"sweep_{name}.csv")
     return rows
 

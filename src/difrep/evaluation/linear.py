@@ -47,11 +47,24 @@ def _scores(model: nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tenso
         return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
-def sgd_linear_probe(
+@dataclass
+class LinearProbe:
+    """A trained :class:`LinearHead` on cached features, with the standardisation it was trained with (if any)."""
+
+    head: LinearHead
+    norm: Standardizer | None
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.head.fc.weight.device)
+        return _scores(self.head, x if self.norm is None else self.norm(x))
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> dict[int, float]:
+        return topk_accuracy(self.scores(x), y)
+
+
+def fit_sgd_linear_probe(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
     num_classes: int,
     epochs: int = 28,
     lr: float = 1e-2,
@@ -63,7 +76,7 @@ def sgd_linear_probe(
     optimizer: str = "sgd",
     standardize: bool = False,
     seed: int = 0,
-) -> ProbeResult:
+) -> LinearProbe:
     """The authors' protocol on cached features [N, D] (pooled and flattened): a :class:`LinearHead`,
     cross-entropy, SGD, StepLR (7 epochs, x0.1), features as they are.
 
@@ -73,9 +86,9 @@ def sgd_linear_probe(
     Runs on the features' device.
     """
     gen = torch.Generator().manual_seed(seed)
-    if standardize:
-        norm = Standardizer(train_x)
-        train_x, test_x = norm(train_x), norm(test_x)
+    norm = Standardizer(train_x) if standardize else None
+    if norm is not None:
+        train_x = norm(train_x)
     head = LinearHead(train_x.shape[1], num_classes, pool=1).to(train_x.device)
     with torch.no_grad():
         bound = 1 / train_x.shape[1] ** 0.5
@@ -96,7 +109,30 @@ def sgd_linear_probe(
             loss.backward()
             opt.step()
         sched.step()
-    acc = topk_accuracy(_scores(head, test_x), test_y)
+    return LinearProbe(head, norm)
+
+
+def sgd_linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    epochs: int = 28,
+    lr: float = 1e-2,
+    batch_size: int = 128,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    step_epochs: int = 7,
+    gamma: float = 0.1,
+    optimizer: str = "sgd",
+    standardize: bool = False,
+    seed: int = 0,
+) -> ProbeResult:
+    """:func:`fit_sgd_linear_probe` on the training features, then top-1/top-5 on the test features."""
+    probe = fit_sgd_linear_probe(train_x, train_y, num_classes, epochs, lr, batch_size, momentum, weight_decay,
+                                 step_epochs, gamma, optimizer, standardize, seed)
+    acc = probe.accuracy(test_x, test_y)
     return ProbeResult(acc[1], acc[5], {"epochs": epochs, "lr": lr, "optimizer": optimizer, "standardize": standardize})
 
 
