@@ -81,7 +81,7 @@ def cached(model: nn.Module, per_class: int, batch: int) -> tuple[float, float]:
         key = caches["train"].keys[0]
         res = sgd_linear_probe(caches["train"].features(key).to_tensor(), caches["train"].labels,
                                caches["test"].features(key).to_tensor(), caches["test"].labels, 10,
-                               epochs=EPOCHS, batch_size=batch)
+                               epochs=EPOCHS, batch_size=batch, standardize=True)  # as the online path above
     return time.perf_counter() - start, res.top1
 
 
