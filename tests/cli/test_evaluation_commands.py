@@ -94,7 +94,7 @@ def test_torchrun_two_processes_write_the_same_cache_as_one(data, tmp_path):
     args = [*MODEL, *_data_args(data), "--timesteps", "10,200", "--blocks", "2,4", "--shard-size", "8"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["extract", *args, "--out", str(one)]) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            "-m", "difrep.cli.main", "extract", *args, "--out", str(two)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

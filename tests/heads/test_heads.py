@@ -9,7 +9,7 @@ import torch
 
 from difrep import FeatureExtractor, create_model
 from difrep.heads import AttentionHead, CNNHead, DifFeed, DifFormer, LinearHead, MLPHead, feedback_pairs
-from difrep.heads.attention import Block
+from difrep.heads.attention import TransformerLayer
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -62,7 +62,7 @@ def test_feedback_pairs_follow_the_paper(adm256):
 
 def test_transformer_block_attention_is_softmax_qk_v():
     torch.manual_seed(0)
-    block = Block(16, num_heads=4).eval()
+    block = TransformerLayer(16, num_heads=4).eval()
     x = torch.randn(2, 5, 16)
     h = block.norm1(x)
     q, k, v = block.qkv(h).chunk(3, dim=-1)

@@ -125,8 +125,8 @@ def test_two_processes_take_the_steps_of_one(fake, tmp_path):
     args = [f"model.flags={json.dumps(TINY)}", f"data.root={fake}", "data.check=false", "data.workers=0",
             "optim.batch_size=2", "optim.steps=4", "optim.lr=0.001", f"run.out={tmp_path / 'two'}", "run.log_every=2",
             "run.save_every=4", "run.progress=false"]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29561", "-m", "difrep.cli.main", "pretrain", *args],
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           "-m", "difrep.cli.main", "pretrain", *args],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows_one, rows_two = _log(tmp_path / "one" / "loss.csv"), _log(tmp_path / "two" / "loss.csv")

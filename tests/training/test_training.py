@@ -148,7 +148,7 @@ def test_evaluation_is_the_same_on_one_and_two_processes(fake, tmp_path):
     one = subprocess.run([sys.executable, "-m", "difrep.cli.main", "evaluate", str(ckpt), "--out", str(tmp_path / "1.json")],
                          capture_output=True, text=True, timeout=300, check=False)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29544",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                           "-m", "difrep.cli.main", "evaluate", str(ckpt), "--out", str(tmp_path / "2.json")],
                          capture_output=True, text=True, timeout=300, check=False)
     assert two.returncode == 0, two.stderr[-2000:]
@@ -181,8 +181,8 @@ def test_ddp_finetuning_on_two_processes_equals_one_process(fake, tmp_path):
               "data.per_class": 3}  # 30 images: 3 steps of 8 images
     train(load_config(None, _overrides(fake, tmp_path / "one", **common, **{"optim.batch_size": 8})))
     args = _overrides(fake, tmp_path / "two", **common, **{"optim.batch_size": 4})
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29555", "-m", "difrep.cli.main", "train", *args],
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           "-m", "difrep.cli.main", "train", *args],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("one", "two"))
@@ -191,12 +191,10 @@ def test_ddp_finetuning_on_two_processes_equals_one_process(fake, tmp_path):
     assert one["history"][0]["images"] == two["history"][0]["images"] == 30, "every test image counted once"
     assert any(k.startswith("model.") for k in two["weights"]), "the fine-tuned U-Net is saved"
     init = Experiment(load_config(None, _overrides(fake, tmp_path / "init", **common))).trainable_state()
-    # oneDNN's kernels and gloo's all-reduce round differently at batch 4 and 8 (seen: 3e-5 on a step of
-    # 4e-3); a wrong gradient average or other batches would differ by the size of the step itself
-    for k, v in one["weights"].items():
-        if not v.is_floating_point():
-            continue
-        step, gap = (v - init[k]).abs().max().item(), (two["weights"][k] - v).abs().max().item()
-        assert gap <= 0.05 * step + 1e-6, f"{k}: 2 processes differ by {gap:.2e}, the step is {step:.2e}"
-    assert max((v - init[k]).abs().max().item() for k, v in one["weights"].items() if v.is_floating_point()) > 1e-3
+    # oneDNN's kernels and gloo's all-reduce round differently at batch 4 and 8, and momentum carries the
+    # round-off on; a wrong gradient average, other batches or other noise move the weights by about a step
+    keys = [k for k, v in one["weights"].items() if v.is_floating_point()]
+    step = torch.cat([(one["weights"][k] - init[k]).flatten() for k in keys]).norm()
+    gap = torch.cat([(two["weights"][k] - one["weights"][k]).flatten() for k in keys]).norm()
+    assert step > 1e-2 and gap < 0.02 * step, f"2 processes differ by {gap:.2e}, the 3 steps moved {step:.2e}"
     assert abs(one["history"][0]["loss"] - two["history"][0]["loss"]) < 1e-4

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data import CATALOG, build_transform, load_split
-from ..features.cache import weights_sha256
 from ..models import create_model
+from ..utils.files import weights_sha256
 from .overrides import parse_model_flags
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..evaluation import cka_matrix, knn_accuracy, lbfgs_logistic_probe, sgd_linear_probe
+from ..evaluation.metrics import count_classes
 from ..evaluation.plots import plot_cka
 from ..features.cache import FeatureCache, FeatureKey
 from .common import int_list
@@ -73,7 +74,7 @@ def run_probe(args: argparse.Namespace, extra: list[str]) -> int:
     train, test, key = _pair(args)
     x, y = train.features(key).to_tensor(), train.labels
     xt, yt = test.features(key).to_tensor(), test.labels
-    classes = int(max(y.max(), yt.max())) + 1
+    classes = count_classes(y, yt)
     if args.solver == "lbfgs":
         res = lbfgs_logistic_probe(x, y, xt, yt, classes, seed=args.seed)
     else:
@@ -88,7 +89,7 @@ def run_knn(args: argparse.Namespace, extra: list[str]) -> int:
     train, test, key = _pair(args)
     y, yt = train.labels, test.labels
     acc = knn_accuracy(train.features(key).to_tensor(), y, test.features(key).to_tensor(), yt,
-                       int(max(y.max(), yt.max())) + 1, ks=args.k, temperature=args.temperature)
+                       count_classes(y, yt), ks=args.k, temperature=args.temperature)
     _report({"key": key.name, "temperature": args.temperature,
              **{f"k{k}": {"top1": v[1], "top5": v[5]} for k, v in acc.items()}}, args.out)
     return 0

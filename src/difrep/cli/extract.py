@@ -8,9 +8,8 @@ import torch
 
 from ..distributed import barrier, init_distributed
 from ..features.cache import CacheWriter
+from ..utils.precision import PRECISIONS
 from .common import add_data_args, add_model_args, build_dataset, build_model, int_list, model_description
-
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +33,7 @@ def add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--storage", choices=["float16", "float32"], default="float16")
-    p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="autocast precision of the U-Net")
+    p.add_argument("--dtype", choices=list(PRECISIONS), default="fp32", help="autocast precision of the U-Net")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: one per core)")
 
 
@@ -46,7 +45,7 @@ def extract_split(args: argparse.Namespace, model: torch.nn.Module, model_info: 
         out, model, args.timesteps, args.blocks, args.pool,
         description={"model": model_info, "data": data_description},
         seed=args.seed, num_noise_draws=args.noise_draws, shard_size=args.shard_size,
-        storage_dtype=args.storage, chunk_size=args.batch_size * len(args.timesteps), dtype=DTYPES[args.dtype],
+        storage_dtype=args.storage, chunk_size=args.batch_size * len(args.timesteps), dtype=PRECISIONS[args.dtype],
     )
     if rank == 0:
         writer.prepare(len(data))

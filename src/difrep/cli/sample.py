@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from ..diffusion import sample
 from ..distributed import init_distributed
 from ..errors import UserError
+from ..utils.images import save_grid
 from .common import add_model_args, build_model
 
 
@@ -48,9 +47,3 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         torch.save(images.cpu(), args.save_tensor)
     print(f"wrote {out}: {args.num} images, {args.method.upper()} with {args.steps} steps, {seconds:.1f}s")
     return 0
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
-    """Images in [-1, 1] as one PNG grid (square by default)."""
-    nrow = nrow or math.ceil(math.sqrt(len(images)))
-    save_image((images.clamp(-1, 1) + 1) / 2, str(path), nrow=nrow, padding=2, pad_value=1.0)

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from ..training import TrainConfig, evaluate_checkpoint, load_config, train
-from ..training.config import parse_override
+from ..utils.config import parse_override
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -13,7 +13,7 @@ from .images import (
 )
 from .loader import ShardSampler, build_loader
 from .readers import DatasetLayoutError
-from .subsets import balanced_subset
+from .subsets import balanced_subset, held_out_split
 from .transforms import build_transform
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "TensorImageDataset",
     "UnreadableImageError",
     "balanced_subset",
+    "held_out_split",
     "build_loader",
     "build_transform",
     "collate_skipping",

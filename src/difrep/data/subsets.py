@@ -33,3 +33,13 @@ def balanced_subset(
         order = torch.randperm(len(members), generator=gen)[:k]
         chosen.extend(members[i] for i in order.tolist())
     return sorted(chosen)
+
+
+def held_out_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded, class-balanced ``fraction`` of a training split held out for choosing settings:
+    ``(fit_mask, held_out_indices)``, on the labels' device. Every protocol that picks a setting (probe
+    strength, sweep cell, head settings) uses this one split, never the test split."""
+    held_out = torch.tensor(balanced_subset(labels.tolist(), fraction=fraction, seed=seed), device=labels.device)
+    fit = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+    fit[held_out] = False
+    return fit, held_out

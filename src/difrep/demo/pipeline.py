@@ -21,15 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from ..cli.sample import save_grid
-from ..data import DEBIAN_FASHION_MNIST, balanced_subset, build_transform, load_split
+from ..data import DEBIAN_FASHION_MNIST, balanced_subset, build_transform, held_out_split, load_split
 from ..diffusion import sample
 from ..evaluation.linear import fit_logistic_probe
 from ..evaluation.plots import plot_sweep
 from ..evaluation.sweep import SweepRow, best_row, run_sweep, write_csv
-from ..features.cache import CacheWriter, FeatureCache, FeatureKey, weights_sha256
+from ..features.cache import CacheWriter, FeatureCache, FeatureKey
 from ..heads import AttentionHead, DifFeed, DifFormer
 from ..models import create_model
+from ..utils.files import weights_sha256
+from ..utils.images import save_grid
 from .heads import HeadProtocol, fit_head, top1
 
 MODEL = "adm-fmnist-28"
@@ -122,9 +123,7 @@ def pixel_probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tens
     """The linear probe of the sweep (same L2 grid, same held-out split) on raw grey pixels."""
     x, y = train[0][:, 0].flatten(1), train[1]
     xt, yt = test[0][:, 0].flatten(1), test[1]
-    val = torch.tensor(balanced_subset(y.tolist(), fraction=val_fraction, seed=0))
-    fit = torch.ones(len(y), dtype=torch.bool)
-    fit[val] = False
+    fit, val = held_out_split(y, val_fraction, seed=0)
     probe = fit_logistic_probe(x[fit], y[fit], 10, (1e-4, 1e-2), max_iter=100)
     return {"val_top1": probe.accuracy(x[val], y[val])[1], "test_top1": probe.accuracy(xt, yt)[1], "dim": x.shape[1]}
 
@@ -160,11 +159,10 @@ def train_heads(model: nn.Module, cfg: DemoConfig, settings: dict[str, Any], spl
     ts, bs = settings["T"], settings["B"]
     caches = [_extract(model, split, out / f"cache-heads-{tag}", ts, bs, [cfg.head_tokens],
                        {**description, "split": tag}, cfg.progress) for split, tag in zip(splits, ("train", "test"))]
-    info = {i.index: i for i in model.feature_info}
     p = cfg.head_tokens
 
     def maps(cache: FeatureCache, t: int, b: int) -> torch.Tensor:
-        return cache.features(FeatureKey(t, b, p)).to_tensor().reshape(-1, info[b].num_chs, p, p)
+        return cache.features(FeatureKey(t, b, p)).to_tensor().reshape(-1, model.block_info(b).num_chs, p, p)
 
     train_y, test_y = caches[0].labels, caches[1].labels
     transformer = dict(dim=cfg.head_dim, depth=cfg.head_depth, num_heads=cfg.head_heads, max_tokens_size=p)
@@ -173,11 +171,12 @@ def train_heads(model: nn.Module, cfg: DemoConfig, settings: dict[str, Any], spl
     fusion = [{(t, b): maps(c, t, b) for t in ts for b in bs} for c in caches]
 
     def attention(_: int) -> tuple[nn.Module, list]:
-        head = AttentionHead(info[b0].num_chs, info[b0].resolution, 10, **transformer)
+        head = AttentionHead(model.block_info(b0).num_chs, model.block_info(b0).resolution, 10, **transformer)
         return head, [lambda r, x=x: head(x[r]) for x in single]
 
     def difformer(_: int) -> tuple[nn.Module, list]:
-        head = DifFormer({b: (info[b].num_chs, info[b].resolution) for b in bs}, ts, 10, **transformer)
+        shapes = {b: (model.block_info(b).num_chs, model.block_info(b).resolution) for b in bs}
+        head = DifFormer(shapes, ts, 10, **transformer)
         return head, [lambda r, f=f: head({k: v[r] for k, v in f.items()}) for f in fusion]
 
     feed = dict(t=t0, feature_block=settings["difeed_block"], seed=0, train_noise="fixed", **transformer)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.subsets import balanced_subset
+from ..data.subsets import held_out_split
 from ..errors import UserError
 from ..heads.simple import LinearHead
 from .metrics import topk_accuracy
@@ -185,10 +185,8 @@ def fit_logistic_probe(
     x = norm(train_x)
     val_top1: dict[float, float] = {}
     if len(l2_grid) > 1:
-        val_idx = torch.tensor(balanced_subset(train_y.tolist(), fraction=val_fraction, seed=seed), device=x.device)
-        fit_mask = torch.ones(len(x), dtype=torch.bool, device=x.device)
         train_y = train_y.to(x.device)
-        fit_mask[val_idx] = False
+        fit_mask, val_idx = held_out_split(train_y, val_fraction, seed)
         for l2 in l2_grid:
             head = _fit_logistic(x[fit_mask], train_y[fit_mask], num_classes, l2, max_iter)
             val_top1[l2] = topk_accuracy(_scores(head, x[val_idx]), train_y[val_idx])[1]

@@ -1,15 +1,16 @@
-"""Figures: sweep heatmaps (t x b, like Figures 3-4) and CKA matrices (like Figure 5)."""
+"""Figures: sweep heatmaps (t x b, like Figures 3-4) and CKA matrices (like Figure 5).
+
+Figures are drawn on matplotlib's ``Figure`` objects, not pyplot, so that importing difrep never
+changes the caller's matplotlib backend."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from .sweep import SweepRow
 
@@ -24,8 +25,8 @@ def _heatmap(ax, values: np.ndarray, rows: Sequence, cols: Sequence, fmt: str, c
                 ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=7,
                         color="white" if values[i, j] < np.nanmean(values) else "black")
     if mark is not None:
-        ax.add_patch(plt.Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    plt.colorbar(image, ax=ax)
+        ax.add_patch(Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.figure.colorbar(image, ax=ax)
 
 
 def plot_sweep(rows: list[SweepRow], best: SweepRow, path: str | Path, metric: str = "probe_val_top1",
@@ -33,8 +34,8 @@ def plot_sweep(rows: list[SweepRow], best: SweepRow, path: str | Path, metric: s
     """One t x b heatmap of ``metric`` per pool size; the recommended cell is framed in red."""
     pools = sorted({r.pool for r in rows})
     ts, bs = sorted({r.t for r in rows}), sorted({r.b for r in rows})
-    fig, axes = plt.subplots(1, len(pools), figsize=(1.0 + 0.9 * len(ts) * len(pools), 0.5 * len(bs) + 1.8),
-                             squeeze=False)
+    fig = Figure(figsize=(1.0 + 0.9 * len(ts) * len(pools), 0.5 * len(bs) + 1.8))
+    axes = fig.subplots(1, len(pools), squeeze=False)
     for ax, pool in zip(axes[0], pools):
         grid = np.full((len(bs), len(ts)), np.nan)
         for r in rows:
@@ -48,17 +49,18 @@ def plot_sweep(rows: list[SweepRow], best: SweepRow, path: str | Path, metric: s
     fig.suptitle(title or metric.replace("_", " "))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_cka(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: str | Path, title: str = "") -> None:
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(cols), 1.0 + 0.5 * len(rows)))
+    fig = Figure(figsize=(1.2 + 0.6 * len(cols), 1.0 + 0.5 * len(rows)))
+    ax = fig.subplots()
     _heatmap(ax, matrix, rows, cols, ".2f", "magma")
     ax.set_title(title or "linear CKA")
-    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    for label in ax.get_xticklabels():
+        label.set_rotation(45)
+        label.set_horizontalalignment("right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_loss_curve(csv_path: str | Path, path: str | Path, title: str = "") -> None:
@@ -68,7 +70,8 @@ def plot_loss_curve(csv_path: str | Path, path: str | Path, title: str = "") -> 
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for key, label in (("mse", "L_simple (eps MSE)"), ("vb", "L_vlb term (bits/dim)")):
         values = [float(r[key]) for r in rows if r.get(key)]
         if values:
@@ -81,4 +84,3 @@ def plot_loss_curve(csv_path: str | Path, path: str | Path, title: str = "") -> 
     ax.set_title(title or "pretraining loss")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -12,14 +12,14 @@ import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
-from ..data.subsets import balanced_subset
+from ..data.subsets import held_out_split
 from ..errors import UserError
 from ..features.cache import FeatureCache
 from .knn import knn_accuracy
 from .linear import fit_logistic_probe, fit_sgd_linear_probe
+from .metrics import count_classes
 
 
 @dataclass
@@ -55,10 +55,8 @@ def run_sweep(
     if not keys:
         raise UserError(f"the caches {train.folder} and {test.folder} share no (t, b, pool)")
     train_y, test_y = train.labels, test.labels
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    val_idx = torch.tensor(balanced_subset(train_y.tolist(), fraction=val_fraction, seed=seed))
-    fit = torch.ones(len(train_y), dtype=torch.bool)
-    fit[val_idx] = False
+    num_classes = count_classes(train_y, test_y)
+    fit, val_idx = held_out_split(train_y, val_fraction, seed)
     rows = []
     for key in tqdm(keys, desc="sweep", disable=not progress):
         x, xt = train.features(key).to_tensor(), test.features(key).to_tensor()

@@ -17,11 +17,9 @@ into the same folder; the shards merge by construction.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..data.loader import build_loader
 from ..errors import MissingKeyError, UserError
+from ..utils.files import atomic_write, file_sha256
 from .extractor import FeatureExtractor
 
 FORMAT_VERSION = 1
@@ -63,31 +62,6 @@ class FeatureKey:
         except ValueError:
             raise UserError(f"{name!r} is not a feature key like t150_b24_p2") from None
         return cls(t, b, p)
-
-
-def weights_sha256(model: nn.Module) -> str:
-    """A hash of the weights as loaded (independent of the checkpoint's file format)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` to a temporary name beside ``path``, then rename: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -34,8 +34,10 @@ class Tokenizer(nn.Module):
         return self.proj(self.norm(x)).flatten(2).transpose(1, 2)
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)); no qkv bias, GELU."""
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer layer: x + MHSA(LN(x)), then x + MLP(LN(x)); no qkv bias, GELU.
+
+    The paper calls these the head's "transformer blocks"; difrep says layer, keeping "block" for U-Net blocks b."""
 
     def __init__(self, dim: int, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
         super().__init__()
@@ -58,17 +60,17 @@ class Block(nn.Module):
 
 
 class ClsTransformer(nn.Module):
-    """A learned CLS token (zero-initialised) prepended to the tokens, N blocks, final LayerNorm; returns CLS."""
+    """A learned CLS token (zero-initialised) prepended to the tokens, ``depth`` layers, final LayerNorm; returns CLS."""
 
     def __init__(self, dim: int = 1024, depth: int = 2, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.layers = nn.Sequential(*[TransformerLayer(dim, num_heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1)
-        return self.norm(self.blocks(x))[:, 0]
+        return self.norm(self.layers(x))[:, 0]
 
 
 class AttentionHead(nn.Module):

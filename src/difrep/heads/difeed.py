@@ -64,20 +64,20 @@ class DifFeed(nn.Module):
         self.t = int(model.diffusion.validate_timesteps(t))
         self.feature_block = model.validate_blocks([feature_block])[0]
         self.pairs = list(pairs) if pairs is not None else feedback_pairs(model, strategy, feature_block)
-        info = {i.index: i for i in model.feature_info}
         model.validate_blocks([b for pair in self.pairs for b in pair])
         self.feedback = nn.ModuleDict({
             f"{b}_{e}": nn.Sequential(
-                nn.Conv2d(info[b].num_chs, info[e].num_chs, 1, bias=False), nn.BatchNorm2d(info[e].num_chs), nn.ReLU()
+                nn.Conv2d(model.block_info(b).num_chs, model.block_info(e).num_chs, 1, bias=False),
+                nn.BatchNorm2d(model.block_info(e).num_chs), nn.ReLU()
             )
             for b, e in self.pairs
         })
-        fb = info[self.feature_block]
+        fb = model.block_info(self.feature_block)
         self.head = AttentionHead(fb.num_chs, fb.resolution, num_classes, **head_kwargs)
         if train_noise not in ("fresh", "fixed"):
             raise UserError(f"train_noise={train_noise!r}: use 'fresh' (the paper) or 'fixed' (per-image noise)")
         self.seed, self.train_noise = seed, train_noise
-        self._resolution = {e: info[e].resolution for _, e in self.pairs}
+        self._resolution = {e: model.block_info(e).resolution for _, e in self.pairs}
 
     def noisy(self, images: torch.Tensor, indices: Sequence[int] | None = None,
               noise: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from .adm import ADMConfig, ADMEncoder, ADMEncoderConfig, ADMUNet, BlockInfo
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict
-from .registry import PRESETS, create_model, list_models, shipped_weights
+from .registry import PRESETS, ModelConfig, create_model, list_models, shipped_weights
 
 __all__ = [
     "PRESETS",
@@ -12,6 +12,7 @@ __all__ = [
     "ADMUNet",
     "BlockInfo",
     "CheckpointError",
+    "ModelConfig",
     "create_model",
     "list_models",
     "load_checkpoint",

@@ -37,7 +37,7 @@ DEFAULT_CHANNEL_MULT = {
 }
 
 
-def _parse_ints(value: str | Iterable[int | float], name: str) -> tuple[float, ...]:
+def _parse_numbers(value: str | Iterable[int | float], name: str) -> tuple[float, ...]:
     if isinstance(value, str):
         try:
             return tuple(float(v) for v in value.split(",") if v.strip())
@@ -78,11 +78,11 @@ class ADMConfig:
                     f"(known: {sorted(DEFAULT_CHANNEL_MULT)}); pass channel_mult explicitly"
                 )
             return DEFAULT_CHANNEL_MULT[self.image_size]
-        return _parse_ints(self.channel_mult, "channel_mult")
+        return _parse_numbers(self.channel_mult, "channel_mult")
 
     def attention_downsample_rates(self) -> set[int]:
         """Attention resolutions are given in pixels; blocks are placed by downsample rate."""
-        resolutions = _parse_ints(self.attention_resolutions, "attention_resolutions")
+        resolutions = _parse_numbers(self.attention_resolutions, "attention_resolutions")
         return {self.image_size // int(r) for r in resolutions}
 
 
@@ -184,6 +184,11 @@ class _ADMTrunk(nn.Module):
     @property
     def feature_info(self) -> list[BlockInfo]:
         return list(self._layout.info)
+
+    def block_info(self, b: int) -> BlockInfo:
+        """The :attr:`feature_info` entry of block b (paper numbering), checked."""
+        self.validate_blocks([b])
+        return self._layout.info[b - 1]
 
     @property
     def num_blocks(self) -> int:

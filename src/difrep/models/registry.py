@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -179,3 +179,18 @@ def create_model(
         model = builder(config)
     load_checkpoint(model, checkpoint, assign=True)
     return model.eval()
+
+
+@dataclass
+class ModelConfig:
+    """The backbone: a preset, its weights (a checkpoint file, or ``pretrained`` for the weights difrep
+    ships) and guided-diffusion flag overrides."""
+
+    name: str = "adm-256-uncond"
+    checkpoint: str | None = None
+    pretrained: bool = False
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> ADMUNet | ADMEncoder:
+        """The model this section describes."""
+        return create_model(self.name, checkpoint=self.checkpoint, pretrained=self.pretrained, **self.flags)

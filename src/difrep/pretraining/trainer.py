@@ -30,9 +30,8 @@ from ..data import build_transform, collate_skipping, load_split
 from ..distributed import init_distributed
 from ..errors import UserError
 from ..evaluation.plots import plot_loss_curve
-from ..features.cache import atomic_write
-from ..models import create_model
-from ..training.trainer import PRECISIONS, autocast
+from ..utils.files import atomic_write
+from ..utils.precision import autocast, precision_dtype
 from .config import PretrainConfig
 
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -95,15 +94,13 @@ class Pretrainer:
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self.rank, self.world, self.device = init_distributed()
-        if cfg.run.precision not in PRECISIONS:
-            raise UserError(f"run.precision={cfg.run.precision!r}: use fp32, bf16 or fp16")
+        self.amp_dtype = precision_dtype(cfg.run.precision, "run.precision")
         if cfg.run.export_dtype not in EXPORT_DTYPES:
             raise UserError(f"run.export_dtype={cfg.run.export_dtype!r}: use {', '.join(EXPORT_DTYPES)}")
         if cfg.optim.steps < 1 or cfg.optim.batch_size < 1:
             raise UserError("optim.steps and optim.batch_size must be positive")
         torch.manual_seed(cfg.run.seed)
-        self.model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, pretrained=cfg.model.pretrained,
-                                  **cfg.model.flags)
+        self.model = cfg.model.build()
         if getattr(self.model, "num_classes", None) is not None or not hasattr(self.model, "output_blocks"):
             raise UserError(f"model {cfg.model.name!r}: difrep pretrain trains unconditional U-Nets only")
         self.model.to(self.device).train()
@@ -117,7 +114,6 @@ class Pretrainer:
         o = cfg.optim
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),  # type: ignore[arg-type]
                                      weight_decay=o.weight_decay)
-        self.amp_dtype = PRECISIONS[cfg.run.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.out = Path(cfg.run.out)
 

@@ -8,7 +8,6 @@ every test image exactly once, whatever the number of processes.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import time
@@ -28,21 +27,13 @@ from ..data import build_loader, build_transform, load_split
 from ..distributed import init_distributed
 from ..errors import MissingFileError, UserError
 from ..features import FeatureExtractor
-from ..features.cache import atomic_write, file_sha256
 from ..features.noise import image_seed, per_image_noise
 from ..heads import AttentionHead, CNNHead, DifFeed, DifFormer, LinearHead, MLPHead
-from ..models import create_model
+from ..utils.files import atomic_write, file_sha256
+from ..utils.precision import autocast, precision_dtype
 from .config import TrainConfig, config_from_dict
 
 HEADS = ("linear", "mlp", "cnn", "attention", "difformer", "difeed")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Mixed precision in ``dtype`` on ``device``, or nothing for fp32 (``dtype`` None)."""
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
 class Classifier(nn.Module):
     """A backbone and a head: images in [-1, 1] to logits.
 
@@ -107,8 +98,8 @@ def build_head(cfg: TrainConfig, model: nn.Module, num_classes: int) -> nn.Modul
     model.validate_blocks(bs)
     if h.name != "difformer" and (len(ts) != 1 or len(bs) != 1):
         raise UserError(f"head {h.name!r} takes one noise step and one block: got timesteps={ts}, blocks={bs}")
-    info = {i.index: i for i in model.feature_info}
-    c, s = info[bs[0]].num_chs, info[bs[0]].resolution
+    first = model.block_info(bs[0])
+    c, s = first.num_chs, first.resolution
     transformer = dict(dim=h.dim, depth=h.depth, num_heads=h.num_heads, norm=h.norm)
     if h.name == "linear":
         return LinearHead(c, num_classes, h.pool)
@@ -119,7 +110,8 @@ def build_head(cfg: TrainConfig, model: nn.Module, num_classes: int) -> nn.Modul
     if h.name == "attention":
         return AttentionHead(c, s, num_classes, **transformer)
     if h.name == "difformer":
-        return DifFormer({b: (info[b].num_chs, info[b].resolution) for b in bs}, ts, num_classes, **transformer)
+        shapes = {b: (model.block_info(b).num_chs, model.block_info(b).resolution) for b in bs}
+        return DifFormer(shapes, ts, num_classes, **transformer)
     return DifFeed(model, num_classes, t=ts[0], feature_block=bs[0], strategy=h.strategy, seed=cfg.run.seed,
                    **transformer)
 
@@ -139,13 +131,11 @@ class Experiment:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.rank, self.world, self.device = init_distributed()
-        if cfg.run.precision not in PRECISIONS:
-            raise UserError(f"run.precision={cfg.run.precision!r}: use fp32, bf16 or fp16")
+        self.amp_dtype = precision_dtype(cfg.run.precision, "run.precision")
         if cfg.optim.name not in ("sgd", "adam"):
             raise UserError(f"optim.name={cfg.optim.name!r}: use sgd or adam")
         torch.manual_seed(cfg.run.seed)
-        self.model = create_model(cfg.model.name, checkpoint=cfg.model.checkpoint, pretrained=cfg.model.pretrained,
-                                  **cfg.model.flags)
+        self.model = cfg.model.build()
         self.train_data, classes = _dataset(cfg, cfg.data.train_split, self.model.image_size, train=True)
         self.test_data, test_classes = _dataset(cfg, cfg.data.test_split, self.model.image_size, train=False)
         if classes != test_classes:
@@ -174,7 +164,6 @@ class Experiment:
             self.sched = torch.optim.lr_scheduler.ConstantLR(self.opt, factor=1.0)
         else:
             raise UserError(f"optim.schedule={o.schedule!r}: use step, cosine or constant")
-        self.amp_dtype = PRECISIONS[cfg.run.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.out = Path(cfg.run.out)
 
