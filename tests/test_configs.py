@@ -86,3 +86,19 @@ def test_a_head_config_refuses_the_pretrain_schema_and_vice_versa():
         load_config(HEAD_CONFIGS[0], schema=PretrainConfig)
     with pytest.raises(ValueError, match="unknown option"):
         load_config(PRETRAIN_CONFIGS[0])
+
+
+def test_a_config_starts_from_its_base_and_replaces_section_by_section(tmp_path):
+    from difrep.training import load_config as load
+
+    (tmp_path / "a.yaml").write_text("head: {name: attention, depth: 4}\noptim: {lr: 0.05, epochs: 10}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\noptim: {lr: 0.01}\n")
+    cfg = load(tmp_path / "b.yaml", ["optim.epochs=3"])
+    assert (cfg.head.name, cfg.head.depth, cfg.optim.lr, cfg.optim.epochs) == ("attention", 4, 0.01, 3)
+    (tmp_path / "c.yaml").write_text("base: d.yaml\n")
+    (tmp_path / "d.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        load(tmp_path / "c.yaml")
+    (tmp_path / "e.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"missing.yaml: no such file \(the base of .*e.yaml\)"):
+        load(tmp_path / "e.yaml")

@@ -2,7 +2,9 @@
 
 A schema is a dataclass whose fields are section dataclasses with defaults. Missing options keep their
 defaults (a section's own default instance wins over its class's), unknown options and values of the
-wrong type are refused with the option's full name.
+wrong type are refused with the option's full name. A file may start from another with
+``base: other.yaml`` (relative to the file): its options are read first, then the file's own replace
+them section by section, so configs that differ in one section (the data set, say) state only that.
 """
 
 from __future__ import annotations
@@ -66,14 +68,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...],
     """Read a YAML config (missing options keep their defaults) and apply ``section.option=value`` overrides.
 
     ``schema`` is the dataclass of sections (``TrainConfig`` for heads, ``PretrainConfig`` for diffusion)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"config {path}: no such file")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise UserError(f"config {path}: expected a mapping of sections")
+    data = {} if path is None else _read(Path(path), ())
     for text in overrides:
         keys, value = parse_override(text)
         node = data
@@ -83,6 +78,31 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...],
                 raise UserError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
     return _build(schema, data, "")
+
+
+def _read(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """A YAML file's options, with those of its ``base`` chain underneath."""
+    if not path.is_file():
+        raise MissingFileError(f"config {path}: no such file" + (f" (the base of {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        raise UserError(f"config {path}: its base chain loops back to it")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"config {path}: expected a mapping of sections")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise UserError(f"config {path}: base must name one YAML file, got {base!r}")
+    return _merge(_read(path.parent / base, (*chain, path.resolve())), data)
+
+
+def _merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``under``, section by section (a mapping in both is merged, anything else replaced)."""
+    merged = dict(under)
+    for key, value in over.items():
+        merged[key] = _merge(under[key], value) if isinstance(value, dict) and isinstance(under.get(key), dict) else value
+    return merged
 
 
 def config_from_dict(data: dict[str, Any], schema: type) -> Any:
