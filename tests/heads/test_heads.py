@@ -172,3 +172,15 @@ def test_difeed_with_a_precomputed_first_pass_gives_the_same_logits(unet, difeed
     with torch.no_grad():
         first = difeed.first_pass(difeed.noisy(x, [7, 8]))
         torch.testing.assert_close(difeed(x, [7, 8], first=first), difeed(x, [7, 8]))
+
+
+def test_linear_head_is_one_linear_map_of_the_2x2_pooled_map_and_takes_cached_features():
+    """The GD probe by hand: the mean of each quadrant, flattened channel-major, times W plus b. A cache
+    stores exactly that flattened vector, so both inputs must give the same logits."""
+    torch.manual_seed(0)
+    head = LinearHead(3, 5, pool=2)
+    f = torch.randn(2, 3, 8, 8)
+    quadrants = f.reshape(2, 3, 2, 4, 2, 4).mean(dim=(3, 5))  # [N, C, 2, 2]
+    expected = quadrants.flatten(1) @ head.fc.weight.T + head.fc.bias
+    torch.testing.assert_close(head(f), expected)
+    torch.testing.assert_close(head(quadrants.flatten(1)), expected)
