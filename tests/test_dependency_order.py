@@ -16,9 +16,10 @@ LAYERS = {
     "features": 4,
     "heads": 5,
     "evaluation": 6,
-    "training": 7, "pretraining": 7,
-    "demo": 8,
-    "cli": 9,
+    "engine": 7,
+    "training": 8, "pretraining": 8,
+    "demo": 9,
+    "cli": 10,
 }
 ROOT = Path(difrep.__file__).parent
 

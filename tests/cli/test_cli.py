@@ -92,17 +92,17 @@ def test_train_uses_the_shipped_weights_when_asked(tmp_path, capsys):
     import pytest
     from fakes import make_fashion_mnist
 
-    from difrep.training import Experiment, load_config
+    from difrep.training import ClassificationTask, load_config
 
     make_fashion_mnist(tmp_path, n=20, prefixes=("train", "t10k"))
     args = ["model.name=adm-fmnist-28", "data.name=fashion-mnist", f"data.root={tmp_path}", "data.check=false",
             "data.workers=0", "features.blocks=[7]", "head.name=linear", "optim.epochs=1", f"run.out={tmp_path / 'r'}",
             "run.progress=false", "run.tensorboard=false"]
     shipped = create_model("adm-fmnist-28", pretrained=True).state_dict()
-    exp = Experiment(load_config(None, [*args, "model.pretrained=true"]))
+    exp = ClassificationTask(load_config(None, [*args, "model.pretrained=true"]))
     for k, v in exp.model.state_dict().items():
         assert torch.equal(v, shipped[k]), k
     with pytest.warns(UserWarning, match="model.pretrained=true"):
-        Experiment(load_config(None, args))
+        ClassificationTask(load_config(None, args))
     assert main(["train", *args, "model.pretrained=true"]) == 0
     assert "top-1" in capsys.readouterr().out

@@ -87,7 +87,7 @@ def test_a_killed_run_resumes_to_the_same_weights(fake, tmp_path):
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 6
-    for part in ("model", "ema"):
+    for part in ("weights", "ema"):
         for k in a[part]:
             torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="made with another config"):
@@ -133,7 +133,7 @@ def test_two_processes_take_the_steps_of_one(fake, tmp_path):
     assert [int(r["step"]) for r in rows_two] == [2, 4], "only rank 0 logs"
     for a, b in zip(rows_one, rows_two):
         assert float(a["mse"]) == pytest.approx(float(b["mse"]), rel=1e-4), "logged losses cover both processes"
-    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True)["model"] for n in ("one", "two"))
+    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True)["weights"] for n in ("one", "two"))
     torch.manual_seed(one.run.seed)
     init = create_model("adm", **TINY).state_dict()
     keys = [k for k in a if a[k].is_floating_point()]

@@ -11,7 +11,8 @@ import torch
 from fakes import make_fashion_mnist
 
 from difrep.data import DEBIAN_FASHION_MNIST
-from difrep.training import Experiment, load_config, train
+from difrep.engine import Engine
+from difrep.training import ClassificationTask, load_config, train
 
 TINY = {"image_size": 32, "num_channels": 32, "channel_mult": "1,2", "num_res_blocks": 1,
         "attention_resolutions": "16", "num_head_channels": 16}
@@ -51,18 +52,17 @@ def test_a_linear_head_learns_real_fashion_mnist(tmp_path):
 def test_a_killed_run_resumes_to_the_same_weights_and_metrics(fake, tmp_path, monkeypatch):
     extra = {"head.name": "attention", "head.dim": 32, "head.depth": 1, "head.num_heads": 4, "optim.epochs": 3}
     reference = train(load_config(None, _overrides(fake, tmp_path / "a", **extra)))
-    original = Experiment.train_epoch
+    original = ClassificationTask.loss
 
-    def killed_in_epoch_2(self, epoch):
-        if epoch == 1:
-            self.opt.step()  # leave half-updated state behind, as a crash would
+    def killed_in_epoch_2(self, net, batch, step):
+        if step == 3:  # epoch 2 (2 steps of 16 images an epoch), after its first step changed the weights
             raise KeyboardInterrupt
-        return original(self, epoch)
+        return original(self, net, batch, step)
 
-    monkeypatch.setattr(Experiment, "train_epoch", killed_in_epoch_2)
+    monkeypatch.setattr(ClassificationTask, "loss", killed_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(load_config(None, _overrides(fake, tmp_path / "b", **extra)))
-    monkeypatch.setattr(Experiment, "train_epoch", original)
+    monkeypatch.setattr(ClassificationTask, "loss", original)
     resumed = train(load_config(None, _overrides(fake, tmp_path / "b", **extra)))
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
@@ -105,7 +105,7 @@ def test_every_head_learns_and_saves_only_what_it_trains(fake, tmp_path, head):
     assert metrics["images"] == 40 and metrics["top1"] >= 25, f"{head}: top-1 {metrics['top1']}% (chance 10%)"
     weights = torch.load(tmp_path / "last.pt", weights_only=True)["weights"]
     assert weights and not any(k.startswith(("model.", "head.model.")) for k in weights), sorted(weights)[:3]
-    exp = Experiment(load_config(None, _overrides(fake, tmp_path / "x", **extra)))
+    exp = ClassificationTask(load_config(None, _overrides(fake, tmp_path / "x", **extra)))
     head_params = sum(p.numel() for p in exp.classifier.head.parameters() if p.requires_grad)
     assert sum(v.numel() for v in weights.values() if v.is_floating_point()) <= head_params + 4 * 1024
 
@@ -117,24 +117,24 @@ def test_a_finetuned_difeed_saves_the_unet_once(fake, tmp_path):
     weights = torch.load(tmp_path / "last.pt", weights_only=True)["weights"]
     assert any(k.startswith("model.") for k in weights)
     assert not any(k.startswith("head.model.") for k in weights), "the U-Net is saved a second time"
-    resumed = Experiment(load_config(None, _overrides(fake, tmp_path, **extra)))
-    assert resumed.resume()[0] == 1, "the saved U-Net and head load back"
+    resumed = Engine(ClassificationTask(load_config(None, _overrides(fake, tmp_path, **extra))))
+    assert resumed.resume() == 1, "the saved U-Net and head load back"
 
 
 def test_pruning_keeps_exactly_what_the_features_reach(fake, tmp_path):
     """Fine-tuning at block 4 of 9 must leave no trainable U-Net parameter without a gradient (DDP
     refuses that), and DifFeed's first-pass-only blocks must be frozen."""
     cfg = load_config(None, _overrides(fake, tmp_path, **{"run.finetune": "true"}))
-    exp = Experiment(cfg)
+    exp = ClassificationTask(cfg)
     assert exp.model.num_blocks == 4 and exp.model.out is None
-    images, labels, indices = next(iter(exp._train_loader(0)))
+    images, labels, indices = next(iter(exp.train_loader(0)))
     indices = indices.tolist()
     exp.classifier.train()
     torch.nn.functional.cross_entropy(exp.classifier(images, indices), labels).backward()
     assert all(p.grad is not None for p in exp.model.parameters() if p.requires_grad)
     cfg = load_config(None, _overrides(fake, tmp_path, **{"run.finetune": "true", "head.name": "difeed",
                                                           "head.dim": 32, "head.depth": 1, "head.num_heads": 4}))
-    exp = Experiment(cfg)
+    exp = ClassificationTask(cfg)
     exp.classifier.train()
     torch.nn.functional.cross_entropy(exp.classifier(images, indices), labels).backward()
     trainable = [p for p in exp.model.parameters() if p.requires_grad]
@@ -161,7 +161,7 @@ def test_finetuning_bf16_cosine_and_tensorboard(fake, tmp_path):
     cfg = load_config(None, _overrides(fake, tmp_path, **{
         "run.finetune": "true", "run.precision": "bf16", "optim.schedule": "cosine", "optim.epochs": 2,
         "optim.grad_accum": 2, "run.tensorboard": "true", "optim.lr": 0.01}))
-    before = {k: v.clone() for k, v in Experiment(cfg).model.state_dict().items()}
+    before = {k: v.clone() for k, v in ClassificationTask(cfg).model.state_dict().items()}
     train(cfg)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     tuned = {k[len("model."):]: v for k, v in state["weights"].items() if k.startswith("model.")}
@@ -171,7 +171,7 @@ def test_finetuning_bf16_cosine_and_tensorboard(fake, tmp_path):
     assert lrs == [0.01, pytest.approx(0.005)], "cosine schedule over 2 epochs"
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     with pytest.raises(ValueError, match="optim.schedule='poly'"):
-        Experiment(load_config(None, _overrides(fake, tmp_path / "x", **{"optim.schedule": "poly"})))
+        ClassificationTask(load_config(None, _overrides(fake, tmp_path / "x", **{"optim.schedule": "poly"})))
 
 
 def test_ddp_finetuning_on_two_processes_equals_one_process(fake, tmp_path):
@@ -190,7 +190,7 @@ def test_ddp_finetuning_on_two_processes_equals_one_process(fake, tmp_path):
     assert [row["epoch"] for row in rows] == [1], "only rank 0 logs"
     assert one["history"][0]["images"] == two["history"][0]["images"] == 30, "every test image counted once"
     assert any(k.startswith("model.") for k in two["weights"]), "the fine-tuned U-Net is saved"
-    init = Experiment(load_config(None, _overrides(fake, tmp_path / "init", **common))).trainable_state()
+    init = ClassificationTask(load_config(None, _overrides(fake, tmp_path / "init", **common))).trainable_state()
     # oneDNN's kernels and gloo's all-reduce round differently at batch 4 and 8, and momentum carries the
     # round-off on; a wrong gradient average, other batches or other noise move the weights by about a step
     keys = [k for k, v in one["weights"].items() if v.is_floating_point()]

@@ -24,6 +24,6 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if cfg is None:
         return 0
     summary = pretrain(cfg)
-    if summary:
+    if "weights" in summary:  # rank 0 exports; other ranks return their last log row
         print(f"EMA weights: {summary['weights']} ({summary['parameters'] / 1e6:.2f}M parameters)")
     return 0

@@ -1,16 +1,16 @@
-"""Training and evaluation of heads on (frozen or fine-tuned) diffusion features, on 1 or many processes.
+"""Heads on (frozen or fine-tuned) diffusion features: the classification task of the training engine.
 
 Determinism is by construction: every epoch reseeds the data order from (seed, epoch) and the
-training noise from (seed, epoch, rank), so a run resumed from its last epoch checkpoint ends with
-the same weights and metrics as one never interrupted. Evaluation uses per-image noise and counts
-every test image exactly once, whatever the number of processes.
+training noise and flips from (seed, epoch, image index), so a run resumed from its last epoch
+checkpoint ends with the same weights and metrics as one never interrupted, and 2 processes take the
+steps of 1. Evaluation uses per-image noise and counts every test image exactly once, whatever the
+number of processes.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,21 +19,22 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..data import build_loader, build_transform, load_split
-from ..distributed import init_distributed
+from ..engine import Engine, EngineSettings, Task
 from ..errors import MissingFileError, UserError
 from ..features import FeatureExtractor
 from ..features.noise import image_seed, per_image_noise
 from ..heads import AttentionHead, CNNHead, DifFeed, DifFormer, LinearHead, MLPHead
-from ..utils.files import atomic_write, file_sha256
+from ..utils.files import file_sha256
 from ..utils.precision import autocast, precision_dtype
 from .config import TrainConfig, config_from_dict
 
 HEADS = ("linear", "mlp", "cnn", "attention", "difformer", "difeed")
+
+
 class Classifier(nn.Module):
     """A backbone and a head: images in [-1, 1] to logits.
 
@@ -125,15 +126,25 @@ def _dataset(cfg: TrainConfig, split: str, image_size: int, train: bool) -> tupl
     return data, len(classes)
 
 
-class Experiment:
-    """Everything a run needs, built and checked before the first step."""
+class ClassificationTask(Task):
+    """A head on (frozen or fine-tuned) U-Net features, trained by cross-entropy: the paper's protocol.
+
+    Periods are epochs. Everything is built and checked before the first step."""
+
+    log_fields = ("epoch", "loss", "lr", "top1", "top5", "seconds")
 
     def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
         self.cfg = cfg
-        self.rank, self.world, self.device = init_distributed()
-        self.amp_dtype = precision_dtype(cfg.run.precision, "run.precision")
+        precision_dtype(cfg.run.precision, "run.precision")
         if cfg.optim.name not in ("sgd", "adam"):
             raise UserError(f"optim.name={cfg.optim.name!r}: use sgd or adam")
+        if cfg.optim.schedule not in ("step", "cosine", "constant"):
+            raise UserError(f"optim.schedule={cfg.optim.schedule!r}: use step, cosine or constant")
+        self.settings = EngineSettings(out=cfg.run.out, seed=cfg.run.seed, precision=cfg.run.precision,
+                                       grad_accum=cfg.optim.grad_accum, progress=cfg.run.progress,
+                                       tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb)
+        self.num_periods = cfg.optim.epochs
         torch.manual_seed(cfg.run.seed)
         self.model = cfg.model.build()
         self.train_data, classes = _dataset(cfg, cfg.data.train_split, self.model.image_size, train=True)
@@ -147,25 +158,28 @@ class Experiment:
         keep_reachable_blocks(self.model, head, cfg.features.blocks, cfg.run.finetune)
         self.classifier = Classifier(self.model, head, cfg.features.timesteps, cfg.features.blocks, cfg.run.seed,
                                      cfg.run.finetune, flip=cfg.data.flip).to(self.device)
-        self.params = [p for p in self.classifier.parameters() if p.requires_grad]
-        self.net: nn.Module = (DistributedDataParallel(self.classifier) if self.world > 1 else self.classifier)
-        o = cfg.optim
+        self.module = self.classifier
+        self.amp_dtype = precision_dtype(cfg.run.precision, "run.precision")
+
+    def config(self) -> dict[str, Any]:
+        return self.cfg.to_dict()
+
+    def resume_key(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in config.items() if k != "run"}, "seed": config["run"]["seed"]}
+
+    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        o = self.cfg.optim
         if o.name == "sgd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(self.params, lr=o.lr, momentum=o.momentum,
-                                                              weight_decay=o.weight_decay)
-        else:
-            self.opt = torch.optim.Adam(self.params, lr=o.lr, weight_decay=o.weight_decay)
+            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+
+    def scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        o = self.cfg.optim
         if o.schedule == "step":
-            self.sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(
-                self.opt, step_size=o.step_epochs, gamma=o.gamma)
-        elif o.schedule == "cosine":
-            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=o.epochs)
-        elif o.schedule == "constant":
-            self.sched = torch.optim.lr_scheduler.ConstantLR(self.opt, factor=1.0)
-        else:
-            raise UserError(f"optim.schedule={o.schedule!r}: use step, cosine or constant")
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.out = Path(cfg.run.out)
+            return torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_epochs, gamma=o.gamma)
+        if o.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs)
+        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
 
     def _backbone_prefixes(self) -> list[str]:
         """Where the U-Net sits in the classifier's state dict: ``model``, and ``head.model`` for DifFeed."""
@@ -187,7 +201,30 @@ class Experiment:
         if bad:
             raise UserError(f"{source} does not fit the model and head of its config: {bad[:5]}")
 
-    def evaluate(self) -> dict[str, float]:
+    def train_loader(self, epoch: int) -> DataLoader:
+        loader = build_loader(self.train_data, self.cfg.optim.batch_size, train=True, workers=self.cfg.data.workers,
+                              distributed=self.world > 1, seed=self.cfg.run.seed)
+        assert isinstance(loader.sampler, DistributedSampler)
+        loader.sampler.set_epoch(epoch)
+        return loader
+
+    def begin_period(self, period: int) -> None:
+        self.classifier.train_noise_seed = image_seed(self.cfg.run.seed + 1, period)
+        if not self.cfg.run.finetune:
+            self.model.eval()
+
+    def batches(self, period: int, first_step: int) -> Iterable[Any]:
+        return self.train_loader(period)
+
+    def loss(self, net: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, labels, indices = _to_device(batch, self.device)
+        loss = F.cross_entropy(net(images, indices).float(), labels)
+        return loss, {"loss": loss}
+
+    def evaluate_now(self, period: int) -> bool:
+        return (period + 1) % self.cfg.optim.eval_every == 0 or period + 1 == self.cfg.optim.epochs
+
+    def evaluate(self) -> dict[str, Any]:
         """Top-1/top-5 over the whole test split, each image once across processes."""
         loader = build_loader(self.test_data, self.cfg.optim.batch_size, train=False, workers=self.cfg.data.workers,
                               distributed=self.world > 1)
@@ -206,150 +243,20 @@ class Experiment:
         return {"top1": 100 * counts[0].item() / counts[2].item(), "top5": 100 * counts[1].item() / counts[2].item(),
                 "images": int(counts[2].item())}
 
-    def _train_loader(self, epoch: int):
-        loader = build_loader(self.train_data, self.cfg.optim.batch_size, train=True, workers=self.cfg.data.workers,
-                              distributed=self.world > 1, seed=self.cfg.run.seed)
-        assert isinstance(loader.sampler, DistributedSampler)
-        loader.sampler.set_epoch(epoch)
-        return loader
+    def extra_state(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes}
 
-    def train_epoch(self, epoch: int) -> float:
-        torch.manual_seed((self.cfg.run.seed * 1_000_003 + epoch) * 4099 + self.rank)
-        self.classifier.train_noise_seed = image_seed(self.cfg.run.seed + 1, epoch)
-        self.classifier.train(True)
-        if not self.cfg.run.finetune:
-            self.model.eval()
-        accum, total, steps = self.cfg.optim.grad_accum, 0.0, 0
-        loader = self._train_loader(epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}", unit="batch",
-                   disable=not (self.cfg.run.progress and self.rank == 0))
-        self.opt.zero_grad(set_to_none=True)
-        for step, batch in enumerate(bar):
-            if batch is None:
-                continue
-            images, labels, indices = _to_device(batch, self.device)
-            with autocast(self.device, self.amp_dtype):
-                loss = F.cross_entropy(self.net(images, indices).float(), labels)
-            self.scaler.scale(loss / accum).backward()
-            if (step + 1) % accum == 0 or step + 1 == len(loader):
-                self.scaler.step(self.opt)
-                self.scaler.update()
-                self.opt.zero_grad(set_to_none=True)
-            total, steps = total + loss.detach(), steps + 1
-            if steps % 25 == 1:  # reading the loss waits for the device: not at every step
-                bar.set_postfix(loss=f"{float(total) / steps:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.2e}")
-        self.sched.step()
-        return self._mean_over_processes(total, steps)
-
-    def _mean_over_processes(self, total: torch.Tensor | float, steps: int) -> float:
-        """The epoch's mean batch loss over every process, not rank 0's share alone."""
-        sums = torch.tensor([float(total), float(steps)], dtype=torch.float64, device=self.device)
-        if self.world > 1:
-            dist.all_reduce(sums)
-        return (sums[0] / sums[1].clamp_min(1)).item()
-
-    def checkpoint(self, epoch: int, history: list[dict]) -> Path:
-        path = self.out / "last.pt"
-        state = {
-            "epoch": epoch, "config": self.cfg.to_dict(), "weights": self.trainable_state(),
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-            "scaler": self.scaler.state_dict(), "history": history, "num_classes": self.num_classes,
-        }
-        atomic_write(path, lambda p: torch.save(state, p))
-        return path
-
-    def resume(self) -> tuple[int, list[dict]]:
-        path = self.out / "last.pt"
-        if not path.exists():
-            return 0, []
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        saved = {k: v for k, v in state["config"].items() if k != "run"}
-        now = {k: v for k, v in self.cfg.to_dict().items() if k != "run"}
-        if saved != now or state["config"]["run"]["seed"] != self.cfg.run.seed:
-            raise UserError(f"{path} was made with another config: choose another run.out or delete it")
-        self.load_trainable_state(state["weights"], path)
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        return state["epoch"], state["history"]
-
-
-def _log(out: Path, row: dict[str, Any], writers: list[Any]) -> None:
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    new = not (out / "metrics.csv").exists()
-    with open(out / "metrics.csv", "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["epoch", "loss", "lr", "top1", "top5", "seconds"], extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
-    for writer in writers:
-        for k in ("loss", "lr", "top1", "top5"):
-            if row.get(k) is not None:
-                writer.add_scalar(k, row[k], row["epoch"])
-
-
-def _tensorboard(out: Path, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        print("tensorboard is not installed: metrics go to metrics.csv and metrics.jsonl only")
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
-
-
-class _WandbLogger:
-    """Weights & Biases, when run.wandb is set (off by default; WANDB_MODE=offline works without a network)."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        try:
-            import wandb
-        except ImportError as err:
-            raise UserError("run.wandb=true needs the wandb package: pip install wandb") from err
-        self.run = wandb.init(project="difrep", name=Path(cfg.run.out).name, config=cfg.to_dict(), dir=cfg.run.out)
-
-    def add_scalar(self, name: str, value: float, step: int) -> None:
-        self.run.log({name: value}, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
+    def finish(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
+        row = history[-1] if history else {}
+        final = {**row, "checkpoint": str(out / "last.pt"), "checkpoint_sha256": file_sha256(out / "last.pt"),
+                 "config": self.cfg.to_dict(), "data": asdict(self.cfg.data)}
+        (out / "metrics.json").write_text(json.dumps(final, indent=2))
+        return final
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns the final metrics, also written to run.out/metrics.json."""
-    exp = Experiment(cfg)
-    exp.out.mkdir(parents=True, exist_ok=True)
-    start, history = exp.resume()
-    writers = []
-    if exp.rank == 0:
-        writers = [w for w in (_tensorboard(exp.out, cfg.run.tensorboard),) if w is not None]
-        if cfg.run.wandb:
-            writers.append(_WandbLogger(cfg))
-    metrics: dict[str, Any] = history[-1] if history else {}
-    for epoch in range(start, cfg.optim.epochs):
-        began, lr = time.perf_counter(), exp.opt.param_groups[0]["lr"]
-        loss = exp.train_epoch(epoch)
-        row: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "lr": lr, "top1": None, "top5": None}
-        if (epoch + 1) % cfg.optim.eval_every == 0 or epoch + 1 == cfg.optim.epochs:
-            row.update(exp.evaluate())
-        row["seconds"] = time.perf_counter() - began
-        history.append(row)
-        if exp.rank == 0:
-            _log(exp.out, row, writers)
-            exp.checkpoint(epoch + 1, history)
-            top = f", top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%" if row["top1"] is not None else ""
-            print(f"epoch {epoch + 1}: loss {loss:.4f}{top}", flush=True)
-        metrics = row
-    if exp.rank == 0:
-        final = {**metrics, "checkpoint": str(exp.out / "last.pt"), "checkpoint_sha256": file_sha256(exp.out / "last.pt"),
-                 "config": cfg.to_dict(), "data": asdict(cfg.data)}
-        (exp.out / "metrics.json").write_text(json.dumps(final, indent=2))
-        metrics = final
-    for writer in writers:
-        writer.close()
-    return metrics
+    return Engine(ClassificationTask(cfg)).run()
 
 
 def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -363,10 +270,9 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
         section, option = key.split(".", 1)
         data[section][option] = value
     cfg = config_from_dict(data)
-    exp = Experiment(cfg)
-    if exp.num_classes != state["num_classes"]:
-        raise UserError(f"{path} classifies {state['num_classes']} classes, the data has {exp.num_classes}")
-    exp.load_trainable_state(state["weights"], path)
-    result = {**exp.evaluate(), "checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "epoch": state["epoch"],
-              "config": cfg.to_dict()}
-    return result
+    task = ClassificationTask(cfg)
+    if task.num_classes != state["num_classes"]:
+        raise UserError(f"{path} classifies {state['num_classes']} classes, the data has {task.num_classes}")
+    task.load_trainable_state(state["weights"], path)
+    return {**task.evaluate(), "checkpoint": str(path), "checkpoint_sha256": file_sha256(path),
+            "epoch": state["epoch"], "config": cfg.to_dict()}
