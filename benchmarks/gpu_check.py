@@ -278,7 +278,7 @@ def make_step_check(head_name: str) -> Callable[[Setup], dict[str, Any]]:
         import torch.nn.functional as F
 
         from difrep.training.config import FeatureConfig, HeadConfig, TrainConfig
-        from difrep.training.trainer import Classifier, build_head
+        from difrep.training.trainer import Classifier, block_shapes, build_head
 
         model = setup.backbone()
         model.requires_grad_(False)
@@ -289,7 +289,7 @@ def make_step_check(head_name: str) -> Callable[[Setup], dict[str, Any]]:
                           head=HeadConfig(name=head_name, dim=s["dim"], depth=s["depth"], num_heads=s["num_heads"],
                                           hidden=list(s["hidden"]), conv_channels=list(s["conv_channels"])))
         torch.manual_seed(0)
-        head = build_head(cfg, model, setup.num_classes)
+        head = build_head(cfg, setup.num_classes, block_shapes(model, cfg.features.blocks), model)
         clf = Classifier(model, head, cfg.features.timesteps, cfg.features.blocks, seed=0, finetune=False)
         clf = clf.to(setup.dev)
         clf.train(True)

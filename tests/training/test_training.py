@@ -12,7 +12,7 @@ from fakes import make_fashion_mnist
 
 from difrep.data import DEBIAN_FASHION_MNIST
 from difrep.engine import Engine
-from difrep.training import ClassificationTask, load_config, train
+from difrep.training import ClassificationTask, evaluate_checkpoint, load_config, train
 
 TINY = {"image_size": 32, "num_channels": 32, "channel_mult": "1,2", "num_res_blocks": 1,
         "attention_resolutions": "16", "num_head_channels": 16}
@@ -198,3 +198,29 @@ def test_ddp_finetuning_on_two_processes_equals_one_process(fake, tmp_path):
     gap = torch.cat([(two["weights"][k] - one["weights"][k]).flatten() for k in keys]).norm()
     assert step > 1e-2 and gap < 0.02 * step, f"2 processes differ by {gap:.2e}, the 3 steps moved {step:.2e}"
     assert abs(one["history"][0]["loss"] - two["history"][0]["loss"]) < 1e-4
+
+
+def test_a_head_trains_from_a_feature_cache_and_evaluates_the_same_online(fake, tmp_path):
+    """features.cache_train/cache_test: the head learns from cached features, and its checkpoint, evaluated on
+    the images through the U-Net (same per-image noise, float32 cache), gives the same top-1 and top-5."""
+    from difrep.cli.main import main
+
+    flags = [x for k, v in TINY.items() for x in (f"--{k}", str(v))]
+    for split in ("train", "test"):
+        assert main(["extract", "--model", "adm", *flags, "--data", "fashion-mnist", "--root", str(fake), "--no-check",
+                     "--workers", "0", "--split", split, "--timesteps", "100", "--blocks", "4", "--pool", "2",
+                     "--storage", "float32", "--out", str(tmp_path / split), "--seed", "0"]) == 0
+    cached = {"features.cache_train": str(tmp_path / "train"), "features.cache_test": str(tmp_path / "test"),
+              "features.pool": 2, "optim.epochs": 4, "optim.eval_every": 4, "optim.name": "adam", "optim.lr": 0.003,
+              "optim.batch_size": 8}
+    metrics = train(load_config(None, _overrides(fake, tmp_path / "run", **cached)))
+    assert metrics["images"] == 40 and metrics["top1"] >= 25
+    weights = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["weights"]
+    assert sorted(weights) == ["head.fc.bias", "head.fc.weight"]
+    online = evaluate_checkpoint(tmp_path / "run" / "last.pt", {"features.cache_train": None,
+                                                                 "features.cache_test": None, "features.pool": None})
+    assert (online["top1"], online["top5"]) == (metrics["top1"], metrics["top5"])
+    with pytest.raises(ValueError, match="cannot train from cached features"):
+        ClassificationTask(load_config(None, _overrides(fake, tmp_path / "x", **{**cached, "head.name": "difeed"})))
+    with pytest.raises(ValueError, match="go together"):
+        ClassificationTask(load_config(None, _overrides(fake, tmp_path / "x", **{"features.cache_train": "a"})))

@@ -322,3 +322,25 @@ class FeatureCache:
             for name, info in record.items():
                 if file_sha256(self.folder / name) != info["sha256"]:
                     raise CacheError(f"{self.folder / name}: content differs from the recorded SHA-256")
+
+
+class CachedFeatures(torch.utils.data.Dataset):
+    """A cache's samples as a data set yields images: ``({(t, b): feature [C, p, p]}, label, index)``, so that
+    heads train from cached features with the same loaders and engine as from images."""
+
+    def __init__(self, cache: FeatureCache, keys: Sequence[FeatureKey], channels: dict[int, int]) -> None:
+        self.cache, self.keys = cache, list(keys)
+        self.arrays = [cache.features(k) for k in self.keys]
+        for key, array in zip(self.keys, self.arrays):
+            if array.shape[1] != channels[key.b] * key.pool**2:
+                raise CacheError(f"{cache.folder}: {key.name} has {array.shape[1]} values an image, not "
+                                 f"{channels[key.b]} channels x {key.pool} x {key.pool}")
+        self.channels = channels
+        self.labels, self.indices = cache.labels, cache.indices
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[dict[tuple[int, int], torch.Tensor], int, int]:
+        feats = {(k.t, k.b): a[[i]][0].view(self.channels[k.b], k.pool, k.pool) for k, a in zip(self.keys, self.arrays)}
+        return feats, int(self.labels[i]), int(self.indices[i])

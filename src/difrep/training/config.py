@@ -17,6 +17,8 @@ class DataConfig:
     train_split: str = "train"
     test_split: str = "test"
     per_class: int | None = None
+    test_per_class: int | None = None  # images a class of the test split (default: per_class)
+    subset_seed: int | None = None  # seed of the class-balanced subsets (default: run.seed)
     class_list: str | None = None
     on_error: str = "raise"
     check: bool = True
@@ -26,8 +28,14 @@ class DataConfig:
 
 @dataclass
 class FeatureConfig:
+    """Noise steps and blocks; with ``cache_train`` and ``cache_test`` (folders written by ``difrep extract``)
+    the head trains on their features at ``pool`` instead of running the U-Net (fixed per-image noise, no flips)."""
+
     timesteps: list[int] = field(default_factory=lambda: [150])
     blocks: list[int] = field(default_factory=lambda: [24])
+    cache_train: str | None = None
+    cache_test: str | None = None
+    pool: int | None = None
 
 
 @dataclass
@@ -41,6 +49,7 @@ class HeadConfig:
     hidden: list[int] = field(default_factory=lambda: [1024])
     conv_channels: list[int] = field(default_factory=lambda: [512, 256])
     strategy: str = "bottleneck"
+    max_tokens: int = 16  # the Attention tokenizer pools to at most max_tokens x max_tokens
 
 
 @dataclass

@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 from ..data import build_loader, build_transform, load_split
 from ..engine import Engine, EngineSettings, Task
 from ..errors import MissingFileError, UserError
+from ..evaluation.metrics import count_classes
 from ..features import FeatureExtractor
+from ..features.cache import CachedFeatures, FeatureCache, FeatureKey
 from ..features.noise import image_seed, per_image_noise
 from ..heads import AttentionHead, CNNHead, DifFeed, DifFormer, LinearHead, MLPHead
 from ..utils.files import file_sha256
@@ -70,10 +72,15 @@ class Classifier(nn.Module):
         return self.head(feats) if isinstance(self.head, DifFormer) else self.head(feats[self.key])
 
 
-def _to_device(batch: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Images and labels to the device; the data-set indices stay on the host, where they seed the noise."""
+def _to_device(batch: list[Any], device: torch.device) -> tuple[Any, torch.Tensor, list[int]]:
+    """Images (or cached features) and labels to the device; the data-set indices stay on the host, where
+    they seed the noise."""
     images, labels, indices = batch
-    return images.to(device, non_blocking=True), labels.to(device, non_blocking=True), indices.tolist()
+    if isinstance(images, dict):
+        images = {k: v.to(device, non_blocking=True) for k, v in images.items()}
+    else:
+        images = images.to(device, non_blocking=True)
+    return images, labels.to(device, non_blocking=True), indices.tolist()
 
 
 def keep_reachable_blocks(model: nn.Module, head: nn.Module, blocks: list[int], finetune: bool) -> None:
@@ -90,18 +97,33 @@ def keep_reachable_blocks(model: nn.Module, head: nn.Module, blocks: list[int], 
         model.prune_intermediate_layers(blocks)
 
 
-def build_head(cfg: TrainConfig, model: nn.Module, num_classes: int) -> nn.Module:
-    """The configured head, checked against the model before anything is trained."""
+class CachedClassifier(nn.Module):
+    """A head on cached features: batches of ``{(t, b): [N, C, p, p]}`` (see :class:`CachedFeatures`) to logits."""
+
+    def __init__(self, head: nn.Module, timesteps: list[int], blocks: list[int]) -> None:
+        super().__init__()
+        self.head, self.key = head, (timesteps[0], blocks[0])
+
+    def forward(self, features: dict[tuple[int, int], torch.Tensor], indices: list[int]) -> torch.Tensor:
+        return self.head(features) if isinstance(self.head, DifFormer) else self.head(features[self.key])
+
+
+def block_shapes(model: nn.Module, blocks: list[int]) -> dict[int, tuple[int, int]]:
+    """(channels, resolution) of each block's feature map."""
+    return {b: (model.block_info(b).num_chs, model.block_info(b).resolution) for b in blocks}
+
+
+def build_head(cfg: TrainConfig, num_classes: int, shapes: dict[int, tuple[int, int]],
+               model: nn.Module | None = None) -> nn.Module:
+    """The configured head for features of the given (channels, resolution) per block; DifFeed needs the U-Net."""
     h, ts, bs = cfg.head, cfg.features.timesteps, cfg.features.blocks
     if h.name not in HEADS:
         raise UserError(f"head.name={h.name!r} is unknown: use one of {', '.join(HEADS)}")
-    model.diffusion.validate_timesteps(ts)
-    model.validate_blocks(bs)
     if h.name != "difformer" and (len(ts) != 1 or len(bs) != 1):
         raise UserError(f"head {h.name!r} takes one noise step and one block: got timesteps={ts}, blocks={bs}")
-    first = model.block_info(bs[0])
-    c, s = first.num_chs, first.resolution
-    transformer = dict(dim=h.dim, depth=h.depth, num_heads=h.num_heads, norm=h.norm)
+    c, s = shapes[bs[0]]
+    transformer = {"dim": h.dim, "depth": h.depth, "num_heads": h.num_heads, "norm": h.norm,
+                   "max_tokens_size": h.max_tokens}
     if h.name == "linear":
         return LinearHead(c, num_classes, h.pool)
     if h.name == "mlp":
@@ -111,18 +133,36 @@ def build_head(cfg: TrainConfig, model: nn.Module, num_classes: int) -> nn.Modul
     if h.name == "attention":
         return AttentionHead(c, s, num_classes, **transformer)
     if h.name == "difformer":
-        shapes = {b: (model.block_info(b).num_chs, model.block_info(b).resolution) for b in bs}
-        return DifFormer(shapes, ts, num_classes, **transformer)
+        return DifFormer({b: shapes[b] for b in bs}, ts, num_classes, **transformer)
+    if model is None:
+        raise UserError("head.name=difeed runs the U-Net twice on the images: it cannot train from cached "
+                        "features (leave features.cache_train unset)")
     return DifFeed(model, num_classes, t=ts[0], feature_block=bs[0], strategy=h.strategy, seed=cfg.run.seed,
                    **transformer)
+
+
+def _cached_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, dict[int, tuple[int, int]]]:
+    """The train and test caches as data sets, and the (channels, pool) of each block they hold."""
+    f = cfg.features
+    if not (f.cache_train and f.cache_test and f.pool):
+        raise UserError("features.cache_train, features.cache_test and features.pool go together")
+    if cfg.run.finetune:
+        raise UserError("run.finetune=true trains the U-Net: it cannot train from cached features")
+    caches = FeatureCache(f.cache_train), FeatureCache(f.cache_test)
+    keys = [FeatureKey(t, b, f.pool) for t in f.timesteps for b in f.blocks]
+    channels = {k.b: caches[0].features(k).shape[1] // f.pool**2 for k in keys}
+    sets = [CachedFeatures(c, keys, channels) for c in caches]
+    return sets[0], sets[1], {b: (c, f.pool) for b, c in channels.items()}
 
 
 def _dataset(cfg: TrainConfig, split: str, image_size: int, train: bool) -> tuple[Dataset, int]:
     d = cfg.data
     options = {"class_list": d.class_list} if d.class_list else {}
+    per_class = d.test_per_class if not train and d.test_per_class is not None else d.per_class
+    seed = cfg.run.seed if d.subset_seed is None else d.subset_seed
     # the training flip is drawn per image by the Classifier, so that it does not depend on the process count
     data, classes = load_split(d.name, d.root, split, build_transform(image_size, train=train, flip=False),
-                               d.per_class, cfg.run.seed, check=d.check, on_error=d.on_error, **options)  # type: ignore[arg-type]
+                               per_class, seed, check=d.check, on_error=d.on_error, **options)  # type: ignore[arg-type]
     return data, len(classes)
 
 
@@ -137,8 +177,8 @@ class ClassificationTask(Task):
         super().__init__()
         self.cfg = cfg
         precision_dtype(cfg.run.precision, "run.precision")
-        if cfg.optim.name not in ("sgd", "adam"):
-            raise UserError(f"optim.name={cfg.optim.name!r}: use sgd or adam")
+        if cfg.optim.name not in ("sgd", "adam", "adamw"):
+            raise UserError(f"optim.name={cfg.optim.name!r}: use sgd, adam or adamw")
         if cfg.optim.schedule not in ("step", "cosine", "constant"):
             raise UserError(f"optim.schedule={cfg.optim.schedule!r}: use step, cosine or constant")
         self.settings = EngineSettings(out=cfg.run.out, seed=cfg.run.seed, precision=cfg.run.precision,
@@ -146,18 +186,30 @@ class ClassificationTask(Task):
                                        tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb)
         self.num_periods = cfg.optim.epochs
         torch.manual_seed(cfg.run.seed)
-        self.model = cfg.model.build()
-        self.train_data, classes = _dataset(cfg, cfg.data.train_split, self.model.image_size, train=True)
-        self.test_data, test_classes = _dataset(cfg, cfg.data.test_split, self.model.image_size, train=False)
+        f = cfg.features
+        if f.cache_train or f.cache_test:
+            self.model: nn.Module | None = None
+            self.train_data, self.test_data, shapes = _cached_datasets(cfg)
+            classes = test_classes = count_classes(self.train_data.labels, self.test_data.labels)
+        else:
+            self.model = cfg.model.build()
+            self.model.diffusion.validate_timesteps(f.timesteps)
+            self.model.validate_blocks(f.blocks)
+            shapes = block_shapes(self.model, f.blocks)
+            self.train_data, classes = _dataset(cfg, cfg.data.train_split, self.model.image_size, train=True)
+            self.test_data, test_classes = _dataset(cfg, cfg.data.test_split, self.model.image_size, train=False)
         if classes != test_classes:
             raise UserError(f"{cfg.data.train_split} has {classes} classes but {cfg.data.test_split} has {test_classes}")
         self.num_classes = classes
-        head = build_head(cfg, self.model, classes)
-        if not cfg.run.finetune:
-            self.model.requires_grad_(False)
-        keep_reachable_blocks(self.model, head, cfg.features.blocks, cfg.run.finetune)
-        self.classifier = Classifier(self.model, head, cfg.features.timesteps, cfg.features.blocks, cfg.run.seed,
-                                     cfg.run.finetune, flip=cfg.data.flip).to(self.device)
+        head = build_head(cfg, classes, shapes, self.model)
+        if self.model is None:
+            self.classifier: nn.Module = CachedClassifier(head, f.timesteps, f.blocks).to(self.device)
+        else:
+            if not cfg.run.finetune:
+                self.model.requires_grad_(False)
+            keep_reachable_blocks(self.model, head, f.blocks, cfg.run.finetune)
+            self.classifier = Classifier(self.model, head, f.timesteps, f.blocks, cfg.run.seed, cfg.run.finetune,
+                                         flip=cfg.data.flip).to(self.device)
         self.module = self.classifier
         self.amp_dtype = precision_dtype(cfg.run.precision, "run.precision")
 
@@ -171,6 +223,8 @@ class ClassificationTask(Task):
         o = self.cfg.optim
         if o.name == "sgd":
             return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        if o.name == "adamw":
+            return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
         return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
 
     def scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -210,7 +264,7 @@ class ClassificationTask(Task):
 
     def begin_period(self, period: int) -> None:
         self.classifier.train_noise_seed = image_seed(self.cfg.run.seed + 1, period)
-        if not self.cfg.run.finetune:
+        if self.model is not None and not self.cfg.run.finetune:
             self.model.eval()
 
     def batches(self, period: int, first_step: int) -> Iterable[Any]:
