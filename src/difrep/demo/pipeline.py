@@ -1,37 +1,36 @@
 """The demo study: does difrep's own Fashion-MNIST diffusion model show the paper's findings?
 
-Steps: (1) a t x b linear-probe sweep of the shipped model; (2) the same probe on a random-init copy
-and on raw pixels; (3) linear, Attention, DifFormer and DifFeed heads trained briefly, over a few
-seeds, at the settings the sweep recommends; (4) a sample grid; (5) report.md. Every choice of
+Steps: (1) a t x b sweep of the shipped model (L-BFGS logistic regression per cell); (2) the same on a
+random-init copy and on raw pixels; (3) the Attention head, DifFormer and DifFeed trained briefly by
+``difrep train``'s engine, over a few seeds, at the settings the sweep recommends, against the linear
+baseline; (4) a sample grid; (5) report.md. Every choice of
 setting is made on a held-out part of the training split; the test split is only measured.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
-from ..data import DEBIAN_FASHION_MNIST, balanced_subset, build_transform, held_out_split, load_split
+from ..data import DEBIAN_FASHION_MNIST, build_transform, held_out_split, load_split
 from ..diffusion import sample
 from ..evaluation.linear import fit_logistic_probe
 from ..evaluation.plots import plot_sweep
 from ..evaluation.sweep import SweepRow, best_row, run_sweep, write_csv
 from ..features.cache import CacheWriter, FeatureCache, FeatureKey
-from ..heads import AttentionHead, DifFeed, DifFormer
 from ..models import create_model
 from ..utils.files import weights_sha256
 from ..utils.images import save_grid
-from .heads import HeadProtocol, fit_head, top1
+from .heads import HeadProtocol, HeadResult, head_configs, linear_baseline, train_head
 
 MODEL = "adm-fmnist-28"
 
@@ -58,23 +57,6 @@ class DemoConfig:
     progress: bool = True
 
 
-@dataclass
-class HeadResult:
-    name: str
-    setting: str
-    test_top1: list[float]
-    parameters: int
-    seconds: float
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.test_top1)
-
-    @property
-    def std(self) -> float:
-        return statistics.stdev(self.test_top1) if len(self.test_top1) > 1 else 0.0
-
-
 class _Clock:
     def __init__(self) -> None:
         self.stages: dict[str, float] = {}
@@ -92,12 +74,6 @@ def _images(dataset: Dataset) -> Images:
     samples = [dataset[i] for i in range(len(dataset))]
     return (torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples]),
             torch.tensor([s[2] for s in samples]))
-
-
-def _batched(fn, n: int, batch_size: int = 256) -> dict[int, torch.Tensor]:
-    """Concatenate ``fn(rows)`` (a dict of tensors) over all rows in batches."""
-    parts = [fn(rows) for rows in torch.arange(n).split(batch_size)]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def _extract(model: nn.Module, data, out: Path, timesteps: Sequence[int], blocks: Sequence[int],
@@ -151,65 +127,23 @@ def choose_settings(rows: list[SweepRow], model: nn.Module) -> dict[str, Any]:
 
 
 def train_heads(model: nn.Module, cfg: DemoConfig, settings: dict[str, Any], splits: tuple[Dataset, Dataset],
-                train: Images, test: Images, out: Path, description: dict) -> list[HeadResult]:
-    """The linear probe (L-BFGS, converged) and the Attention, DifFormer and DifFeed heads, each trained
-    briefly once per seed of ``cfg.seeds`` with one protocol.
-
-    ``splits`` are the data sets, ``train`` and ``test`` the same images as tensors (for DifFeed)."""
-    ts, bs = settings["T"], settings["B"]
-    caches = [_extract(model, split, out / f"cache-heads-{tag}", ts, bs, [cfg.head_tokens],
-                       {**description, "split": tag}, cfg.progress) for split, tag in zip(splits, ("train", "test"))]
-    p = cfg.head_tokens
-
-    def maps(cache: FeatureCache, t: int, b: int) -> torch.Tensor:
-        return cache.features(FeatureKey(t, b, p)).to_tensor().reshape(-1, model.block_info(b).num_chs, p, p)
-
-    train_y, test_y = caches[0].labels, caches[1].labels
-    transformer = dict(dim=cfg.head_dim, depth=cfg.head_depth, num_heads=cfg.head_heads, max_tokens_size=p)
-    t0, b0 = settings["t"], settings["b"]
-    single = [maps(c, t0, b0) for c in caches]
-    fusion = [{(t, b): maps(c, t, b) for t in ts for b in bs} for c in caches]
-
-    def attention(_: int) -> tuple[nn.Module, list]:
-        head = AttentionHead(model.block_info(b0).num_chs, model.block_info(b0).resolution, 10, **transformer)
-        return head, [lambda r, x=x: head(x[r]) for x in single]
-
-    def difformer(_: int) -> tuple[nn.Module, list]:
-        shapes = {b: (model.block_info(b).num_chs, model.block_info(b).resolution) for b in bs}
-        head = DifFormer(shapes, ts, 10, **transformer)
-        return head, [lambda r, f=f: head({k: v[r] for k, v in f.items()}) for f in fusion]
-
-    feed = dict(t=t0, feature_block=settings["difeed_block"], seed=0, train_noise="fixed", **transformer)
-    # the first pass reads the frozen U-Net at fixed noise: computed once per split, shared by every seed
-    probe_head = DifFeed(model, 10, **feed).eval()
-    firsts = [_batched(lambda r, x=x, i=i: probe_head.first_pass(probe_head.noisy(x[r], i[r].tolist())), len(x))
-              for x, _, i in (train, test)]
-
-    def difeed(_: int) -> tuple[nn.Module, list]:
-        head = DifFeed(model, 10, **feed)
-        return head, [lambda r, x=x, i=i, f=f: head(x[r], i[r].tolist(), first={b: v[r] for b, v in f.items()})
-                      for (x, _, i), f in zip((train, test), firsts)]
-
-    specs = [("Attention", f"t={t0}, b={b0}", attention),
-             ("DifFormer", f"T={ts}, B={bs}", difformer),
-             ("DifFeed", f"t={t0}, b={settings['difeed_block']}, bottleneck feedback", difeed)]
-    began = time.perf_counter()
-    pooled = [F.adaptive_avg_pool2d(x, 2).flatten(1) for x in single]
-    probe = fit_logistic_probe(pooled[0], train_y, 10, (1e-4, 1e-2), max_iter=100)
-    linear = probe.accuracy(pooled[1], test_y)[1]
-    results = [HeadResult("Logistic regression (L-BFGS)", f"t={t0}, b={b0}, pool 2, L-BFGS (deterministic)",
-                          [linear] * len(cfg.seeds), 10 * (pooled[0].shape[1] + 1), time.perf_counter() - began)]
-    for name, setting, build in specs:
-        began, accs, params = time.perf_counter(), [], 0
-        for seed in cfg.seeds:
-            torch.manual_seed(seed)
-            head, (fwd_train, fwd_test) = build(seed)
-            model.requires_grad_(False)
-            params = sum(q.numel() for q in head.parameters() if q.requires_grad)
-            fit_head(head, fwd_train, train_y, cfg.protocol, seed)
-            accs.append(top1(head, fwd_test, test_y))
-        results.append(HeadResult(name, setting, accs, params, time.perf_counter() - began))
-        print(f"[demo] {name} ({setting}): test top-1 {statistics.fmean(accs):.1f}% over seeds {cfg.seeds}", flush=True)
+                out: Path, description: dict) -> list[HeadResult]:
+    """The linear baseline and the Attention, DifFormer and DifFeed heads on the heads' images, each head
+    trained by difrep's engine once per seed of ``cfg.seeds`` (see :mod:`difrep.demo.heads`)."""
+    ts, bs, p = settings["T"], settings["B"], cfg.head_tokens
+    folders = (out / "cache-heads-train", out / "cache-heads-test")
+    caches = tuple(_extract(model, split, folder, ts, bs, [p, 2], {**description, "split": tag}, cfg.progress)
+                   for split, folder, tag in zip(splits, folders, ("train", "test")))
+    results = [linear_baseline(caches, FeatureKey(settings["t"], settings["b"], 2), cfg.seeds)]  # type: ignore[arg-type]
+    weights = {"checkpoint": cfg.checkpoint} if cfg.checkpoint else {"pretrained": True}
+    data = {"name": "fashion-mnist", "root": cfg.data_root, "per_class": min(cfg.head_train_per_class, cfg.train_per_class),
+            "test_per_class": cfg.test_per_class, "subset_seed": 0, "flip": False, "workers": 0}
+    head = {"dim": cfg.head_dim, "depth": cfg.head_depth, "num_heads": cfg.head_heads, "max_tokens": p}
+    folder = out / "heads"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, setting, config in head_configs({"name": MODEL, **weights}, data, folders, settings, head, cfg.protocol,
+                                              cfg.progress):
+        results.append(train_head(name, setting, config, folder, cfg.seeds))
     return results
 
 
@@ -241,7 +175,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     began = time.perf_counter()
     torch.manual_seed(0)
-    random_model = create_model(MODEL).requires_grad_(False)
+    with warnings.catch_warnings():  # the control is random on purpose: no warning about the shipped weights
+        warnings.simplefilter("ignore", UserWarning)
+        random_model = create_model(MODEL).requires_grad_(False)
     random_ts = sorted({min(cfg.timesteps), best.t})
     random_rows = _sweep(random_model, "random", train_set, test_set, cfg, random_ts, out,
                          {**description, "model": {"name": MODEL, "weights": "random init, seed 0"}})
@@ -250,10 +186,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     began = time.perf_counter()
     settings = choose_settings(rows, model)
-    sub = balanced_subset(train[1].tolist(), per_class=min(cfg.head_train_per_class, cfg.train_per_class), seed=0)
-    head_train = tuple(x[torch.tensor(sub)] for x in train)
-    heads = train_heads(model, cfg, settings, (Subset(train_set, sub), test_set), head_train, test, out,  # type: ignore[arg-type]
-                        description)
+    # the heads' images: the same class-balanced subset that their configs' data section selects
+    head_set, _ = load_split("fashion-mnist", cfg.data_root, "train", transform,
+                             min(cfg.head_train_per_class, cfg.train_per_class), seed=0)
+    heads = train_heads(model, cfg, settings, (head_set, test_set), out, description)
     clock.stage("heads", began)
 
     began = time.perf_counter()

@@ -99,12 +99,15 @@ def write_report(s: dict[str, Any], path: Path) -> None:
         "",
         "## 3. Heads at the recommended settings",
         "",
-        f"Every head learns from the same {cfg['head_train_per_class']} training images per class (a class-balanced "
-        "part of the sweep's). The linear baseline is the sweep's L-BFGS logistic regression (not the paper's SGD probe) run to convergence on "
-        "2x2-pooled features, L2 chosen on a held-out 10% of those images, so it needs no seed. The other heads "
-        f"trained briefly, {cfg['protocol']['epochs']} epochs with AdamW (lr {cfg['protocol']['lr']}, weight "
-        f"decay {cfg['protocol']['weight_decay']}, cosine schedule, batch {cfg['protocol']['batch_size']}) on the "
-        f"same training images, once per seed {seeds}; frozen U-Net; the per-image evaluation noise in training too. "
+        f"Every head learns from the same {cfg['head_train_per_class']} training images per class (a seeded, "
+        "class-balanced subset). The linear baseline is L-BFGS logistic regression (not the paper's SGD probe), run "
+        "to convergence on 2x2-pooled features with L2 chosen on a held-out 10% of those images, so it needs no seed. "
+        f"The other heads are trained by difrep's own engine (`difrep train`), {cfg['protocol']['epochs']} epochs "
+        f"with AdamW (lr {cfg['protocol']['lr']}, weight decay {cfg['protocol']['weight_decay']}, cosine schedule "
+        f"over the epochs, batch {cfg['protocol']['batch_size']}), once per seed {seeds}, frozen U-Net: Attention "
+        "and DifFormer on a feature cache of the images (fixed per-image noise, no flips), DifFeed on the images "
+        "themselves (new noise every epoch, no flips). Their configs are in `heads/*.yaml`; the commands below "
+        "repeat every number. "
         f"Transformer heads: width {cfg['head_dim']}, {cfg['head_depth']} blocks, {cfg['head_heads']} heads, "
         f"tokens pooled to at most {cfg['head_tokens']}x{cfg['head_tokens']} (the paper's 1024/16 are for 256-pixel "
         "images and a 553M-parameter U-Net).",
@@ -116,6 +119,8 @@ def write_report(s: dict[str, Any], path: Path) -> None:
         per_seed = ", ".join(f"{a:.1f}" for a in h["test_top1"])
         lines.append(f"| {h['name']} | {h['setting']} | {_pm(h['mean'], h['std'], len(seeds))} | {per_seed} | "
                      f"{h['parameters']:,} | {h['seconds']:.0f} |")
+    lines += ["", "Each number again (from the folder the demo wrote to):", "", "```bash",
+              *[h.get("command", "") for h in s["heads"]], "```"]
     lines += [
         "",
         "## 4. Samples from the same model (the paper's unified claim: one model generates and represents)",
