@@ -62,7 +62,7 @@ def linear_baseline(caches: tuple[FeatureCache, FeatureCache], key: FeatureKey, 
 
 def train_head(name: str, setting: str, config: dict[str, Any], folder: Path, seeds: list[int]) -> HeadResult:
     """Write ``config`` to ``folder/<name>.yaml`` and train it once per seed with :func:`difrep.training.train`."""
-    slug = name.lower()
+    slug = config["head"]["name"]
     path = folder / f"{slug}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     began, accs, params = time.perf_counter(), [], 0

@@ -52,9 +52,9 @@ def _yes(held: bool) -> str:
     return "yes" if held else "no"
 
 
-def write_report(s: dict[str, Any], path: Path) -> None:
+def _study_lines(s: dict[str, Any]) -> list[str]:
+    """Sections 1-2: the findings table, the sweep and the controls."""
     cfg, best, rand, pix = s["config"], s["best"], s["random_best"], s["pixels"]
-    seeds = cfg["seeds"]
     lines = [
         "# difrep demo: the paper's findings on Fashion-MNIST, with difrep's own diffusion model",
         "",
@@ -97,6 +97,15 @@ def write_report(s: dict[str, Any], path: Path) -> None:
         f"b={rand['b']}, pool {rand['pool']} | {rand['probe_val_top1']:.1f} | {rand['probe_test_top1']:.1f} |",
         f"| raw pixels ({pix['dim']} values) | - | {pix['val_top1']:.1f} | {pix['test_top1']:.1f} |",
         "",
+    ]
+    return lines
+
+
+def _heads_lines(s: dict[str, Any]) -> list[str]:
+    """Section 3: the heads over seeds, and the commands that repeat them."""
+    cfg = s["config"]
+    seeds = cfg["seeds"]
+    lines = [
         "## 3. Heads at the recommended settings",
         "",
         f"Every head learns from the same {cfg['head_train_per_class']} training images per class (a seeded, "
@@ -119,10 +128,14 @@ def write_report(s: dict[str, Any], path: Path) -> None:
         per_seed = ", ".join(f"{a:.1f}" for a in h["test_top1"])
         lines.append(f"| {h['name']} | {h['setting']} | {_pm(h['mean'], h['std'], len(seeds))} | {per_seed} | "
                      f"{h['parameters']:,} | {h['seconds']:.0f} |")
-    lines += ["", "Each number again (from the folder the demo wrote to):", "", "```bash",
-              *[h.get("command", "") for h in s["heads"]], "```"]
+    return [*lines, "", "Each number again (from the folder the demo wrote to):", "", "```bash",
+            *[h.get("command", "") for h in s["heads"]], "```", ""]
+
+
+def write_report(s: dict[str, Any], path: Path) -> None:
+    cfg = s["config"]
+    lines = [*_study_lines(s), *_heads_lines(s)]
     lines += [
-        "",
         "## 4. Samples from the same model (the paper's unified claim: one model generates and represents)",
         "",
         f"{cfg['samples']} images, DDIM with {cfg['sample_steps']} steps, seed 0.",

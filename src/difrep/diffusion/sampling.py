@@ -6,7 +6,7 @@ variance (6 output channels for RGB) is used by DDPM and ignored by DDIM.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -17,6 +17,13 @@ from .gaussian import GaussianDiffusion, ModelFn
 
 def _start(shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
     return torch.randn(*shape, generator=generator).to(device)
+
+
+def _reverse_steps(diffusion: GaussianDiffusion, batch: int, device: torch.device | str, desc: str,
+                   progress: bool) -> Iterator[tuple[int, torch.Tensor]]:
+    """(i, t) from the last step down to 0, t the step of every image as a tensor on ``device``."""
+    for i in tqdm(range(diffusion.num_timesteps - 1, -1, -1), desc=desc, disable=not progress):
+        yield i, torch.full((batch,), i, dtype=torch.long, device=device)
 
 
 @torch.no_grad()
@@ -31,8 +38,7 @@ def ddpm_sample(
 ) -> torch.Tensor:
     """Ancestral sampling x_T -> x_0 through p(x_{t-1} | x_t); no noise is added at the last step."""
     x = _start(shape, generator, device)
-    for i in tqdm(range(diffusion.num_timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
-        t = torch.full((shape[0],), i, dtype=torch.long, device=device)
+    for i, t in _reverse_steps(diffusion, shape[0], device, "DDPM", progress):
         out = diffusion.p_mean_variance(model(x, diffusion.model_t(t)).float(), x, t, clip=clip)
         x = out["mean"]
         if i > 0:
@@ -53,8 +59,7 @@ def ddim_sample(
 ) -> torch.Tensor:
     """DDIM (Song et al.): deterministic for eta = 0, DDPM-like noise for eta = 1."""
     x = _start(shape, generator, device)
-    for i in tqdm(range(diffusion.num_timesteps - 1, -1, -1), desc="DDIM", disable=not progress):
-        t = torch.full((shape[0],), i, dtype=torch.long, device=device)
+    for i, t in _reverse_steps(diffusion, shape[0], device, "DDIM", progress):
         output = model(x, diffusion.model_t(t)).float()
         eps = output[:, : shape[1]]
         x0 = diffusion.predict_x0(x, t, eps)
