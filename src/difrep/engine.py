@@ -241,7 +241,7 @@ class Engine:
         self.out.mkdir(parents=True, exist_ok=True)
         start = self.resume()
         logger = RunLogger(self.out, t, enabled=t.rank == 0)
-        bar = tqdm(desc=t.log_name, unit="step", initial=self.step, disable=not (t.settings.progress and t.rank == 0))
+        bar = tqdm(desc="train", unit="step", initial=self.step, disable=not (t.settings.progress and t.rank == 0))
         for period in range(start, t.num_periods):
             began, lr, first_step = time.perf_counter(), self.opt.param_groups[0]["lr"], self.step
             terms = self._train_period(period, bar)
