@@ -62,3 +62,15 @@ def gd_unet(**overrides):
         resblock_updown=f["resblock_updown"],
         use_new_attention_order=f["use_new_attention_order"],
     )
+
+
+def cka_numpy(x, y) -> float:
+    """Linear CKA in its kernel form with a centring matrix, tr(KHLH) / sqrt(tr(KHKH) tr(LHLH)): an
+    independent formula to check difrep's CKA against (x, y: float64 NumPy arrays [N, D])."""
+    import numpy as np
+
+    n = len(x)
+    h = np.eye(n) - np.ones((n, n)) / n
+    k, l = x @ x.T, y @ y.T
+    return np.trace(k @ h @ l @ h) / np.sqrt(np.trace(k @ h @ k @ h) * np.trace(l @ h @ l @ h))
+

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from reference import cka_numpy
 
 from difrep.evaluation import MinibatchCKA, cka_matrix, knn_accuracy, linear_cka, sgd_linear_probe
 from difrep.evaluation.knn import knn_classify
-
-
-def _cka_numpy(x: np.ndarray, y: np.ndarray) -> float:
-    """Kernel form with a centring matrix: tr(KHLH) / sqrt(tr(KHKH) tr(LHLH))."""
-    n = len(x)
-    h = np.eye(n) - np.ones((n, n)) / n
-    k, l = x @ x.T, y @ y.T
-    return np.trace(k @ h @ l @ h) / np.sqrt(np.trace(k @ h @ k @ h) * np.trace(l @ h @ l @ h))
 
 
 def test_exact_cka_of_full_feature_maps_uses_n_by_n_memory():
@@ -24,20 +16,20 @@ def test_exact_cka_of_full_feature_maps_uses_n_by_n_memory():
     z = torch.randn(12, 3, generator=gen)  # low-rank maps, so that the Gram matrices have structure
     x = (z @ torch.randn(3, 262_144, generator=gen)).view(12, 1024, 16, 16)
     y = ((z + torch.randn(12, 3, generator=gen)) @ torch.randn(3, 262_144, generator=gen)).view(12, 1024, 16, 16)
-    expected = _cka_numpy(x.flatten(1).double().numpy(), y.flatten(1).double().numpy())
+    expected = cka_numpy(x.flatten(1).double().numpy(), y.flatten(1).double().numpy())
     assert 0.1 < expected < 0.95
     assert linear_cka(x, y) == pytest.approx(expected, rel=1e-9)
     matrix = cka_matrix([x, y], [y, x[:, :8]])
     assert matrix[0, 0].item() == pytest.approx(expected, rel=1e-9)
     assert matrix[1, 0].item() == pytest.approx(1.0, rel=1e-9)
     assert matrix[0, 1].item() == pytest.approx(
-        _cka_numpy(x.flatten(1).double().numpy(), x[:, :8].flatten(1).double().numpy()), rel=1e-9)
+        cka_numpy(x.flatten(1).double().numpy(), x[:, :8].flatten(1).double().numpy()), rel=1e-9)
 
 
 def test_narrow_and_wide_forms_agree():
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(30, 10, generator=gen), torch.randn(30, 50, generator=gen)
-    assert linear_cka(x, y) == pytest.approx(_cka_numpy(x.double().numpy(), y.double().numpy()), rel=1e-9)
+    assert linear_cka(x, y) == pytest.approx(cka_numpy(x.double().numpy(), y.double().numpy()), rel=1e-9)
     assert cka_matrix([x], [y])[0, 0].item() == pytest.approx(linear_cka(x, y), rel=1e-12)
 
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import cka_numpy
 
 from difrep.evaluation import (
     MinibatchCKA,
@@ -59,13 +60,6 @@ def test_topk_accuracy():
     assert acc[1] == pytest.approx(100 / 3) and acc[2] == pytest.approx(100.0)
 
 
-def _cka_numpy(x: np.ndarray, y: np.ndarray) -> float:
-    """Kernel form with a centring matrix: tr(KHLH) / sqrt(tr(KHKH) tr(LHLH))."""
-    n = len(x)
-    h = np.eye(n) - np.ones((n, n)) / n
-    k, l = x @ x.T, y @ y.T
-    return np.trace(k @ h @ l @ h) / np.sqrt(np.trace(k @ h @ k @ h) * np.trace(l @ h @ l @ h))
-
 
 def test_cka_properties_and_known_values():
     gen = torch.Generator().manual_seed(0)
@@ -74,7 +68,7 @@ def test_cka_properties_and_known_values():
     q, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen).double())
     assert linear_cka(x @ q, y) == pytest.approx(linear_cka(x, y), abs=1e-10), "orthogonal invariance"
     assert linear_cka(3.7 * x, y) == pytest.approx(linear_cka(x, y), abs=1e-10), "isotropic scaling invariance"
-    assert linear_cka(x, y) == pytest.approx(_cka_numpy(x.numpy().astype(float), y.numpy().astype(float)), abs=1e-10)
+    assert linear_cka(x, y) == pytest.approx(cka_numpy(x.numpy().astype(float), y.numpy().astype(float)), abs=1e-10)
     assert linear_cka(x, x @ torch.randn(8, 8, generator=gen).double()) < 1.0
 
 
