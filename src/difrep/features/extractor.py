@@ -12,7 +12,7 @@ from torch import nn
 
 from ..diffusion import GaussianDiffusion
 from ..errors import UserError
-from .noise import per_image_noise
+from .noise import noise_for_batch
 
 
 class FeatureBackbone(Protocol):
@@ -93,13 +93,10 @@ class FeatureExtractor(nn.Module):
             return noise.to(images)
         if self.noise == "fresh":
             return torch.randn(n, k, *images.shape[1:], device=images.device, dtype=images.dtype)
-        if indices is None:
-            raise UserError("noise='fixed' draws each image's noise from its position in the data set: call "
-                            "extractor(images, indices=...) with those positions (or build the extractor with "
-                            "noise='fresh')")
-        if len(indices) != n:
-            raise UserError(f"got {len(indices)} indices for {n} images")
-        return per_image_noise(images.shape[1:], indices, self.seed, k).to(images)
+        return noise_for_batch(images, indices, self.seed, k,
+                               "noise='fixed' draws each image's noise from its position in the data set: call "
+                               "extractor(images, indices=...) with those positions (or build the extractor with "
+                               "noise='fresh')")
 
     def forward(
         self,

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import UserError
+
 _MASK = (1 << 64) - 1
 
 
@@ -46,3 +48,14 @@ def per_image_noise(
             gen.manual_seed(image_seed(seed, int(index), k))
             torch.randn(*shape, generator=gen, device=device, out=out[i, k])
     return out
+
+
+def noise_for_batch(images: torch.Tensor, indices: Sequence[int] | None, seed: int, num_draws: int,
+                    missing: str) -> torch.Tensor:
+    """:func:`per_image_noise` for a batch [N, C, H, W], checked: one data-set index per image, else the
+    ``missing`` message. Returned on the images' device and dtype, shaped [N, num_draws, C, H, W]."""
+    if indices is None:
+        raise UserError(missing)
+    if len(indices) != len(images):
+        raise UserError(f"got {len(indices)} indices for {len(images)} images")
+    return per_image_noise(images.shape[1:], indices, seed, num_draws).to(images)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..features.noise import per_image_noise
+from ..features.noise import noise_for_batch
 from .attention import AttentionHead
 
 Strategy = Literal["bottleneck", "all", "windowed", "multi-scale"]
@@ -86,12 +86,8 @@ class DifFeed(nn.Module):
         if noise is None and self.training and self.train_noise == "fresh":
             noise = torch.randn_like(images)
         elif noise is None:
-            if indices is None:
-                raise UserError("DifFeed draws each image's evaluation noise from its position in the data set: "
-                                "pass indices=... (or noise=...)")
-            if len(indices) != len(images):
-                raise UserError(f"got {len(indices)} indices for {len(images)} images")
-            noise = per_image_noise(images.shape[1:], indices, self.seed)[:, 0]
+            noise = noise_for_batch(images, indices, self.seed, 1, "DifFeed draws each image's evaluation noise "
+                                    "from its position in the data set: pass indices=... (or noise=...)")[:, 0]
         if noise.shape != images.shape:
             raise UserError(f"noise must have the images' shape {tuple(images.shape)}, got {tuple(noise.shape)}")
         return self.model.diffusion.q_sample(images, self._steps(images), noise.to(images))

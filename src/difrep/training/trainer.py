@@ -176,7 +176,7 @@ class ClassificationTask(Task):
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        precision_dtype(cfg.run.precision, "run.precision")
+        self.amp_dtype = precision_dtype(cfg.run.precision, "run.precision")
         if cfg.optim.name not in ("sgd", "adam", "adamw"):
             raise UserError(f"optim.name={cfg.optim.name!r}: use sgd, adam or adamw")
         if cfg.optim.schedule not in ("step", "cosine", "constant"):
@@ -211,7 +211,6 @@ class ClassificationTask(Task):
             self.classifier = Classifier(self.model, head, f.timesteps, f.blocks, cfg.run.seed, cfg.run.finetune,
                                          flip=cfg.data.flip).to(self.device)
         self.module = self.classifier
-        self.amp_dtype = precision_dtype(cfg.run.precision, "run.precision")
 
     def config(self) -> dict[str, Any]:
         return self.cfg.to_dict()
