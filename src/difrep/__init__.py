@@ -2,8 +2,8 @@
 
 from .diffusion import GaussianDiffusion
 from .features import FeatureExtractor
-from .models import CheckpointError, create_model, list_models
+from .models import Backbone, CheckpointError, create_model, list_models
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "FeatureExtractor", "GaussianDiffusion", "create_model", "list_models"]
+__all__ = ["Backbone", "CheckpointError", "FeatureExtractor", "GaussianDiffusion", "create_model", "list_models"]

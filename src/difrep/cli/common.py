@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,14 @@ from ..utils.files import weights_sha256
 from .overrides import parse_model_flags
 
 
+def block_list(text: str) -> list[int | str]:
+    """Block numbers, or a backbone's block names (``dift:1``), comma-separated."""
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r} names no block")
+    return [int(v) if v.lstrip("-").isdigit() else v for v in items]
+
+
 def int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -24,9 +31,11 @@ def int_list(text: str) -> list[int]:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="adm-256-uncond", help="preset (difrep info lists them); "
-                   "extra --flag value pairs override guided-diffusion flags")
-    p.add_argument("--checkpoint", help=".pt or .safetensors weights (default: random initialisation)")
+    p.add_argument("--model", default="adm-256-uncond", help="ADM preset (difrep info lists them), timm:NAME, "
+                   "diffusers:FOLDER or sd:FOLDER; extra --flag value pairs override guided-diffusion flags "
+                   "(or set the family's options)")
+    p.add_argument("--checkpoint", help=".pt or .safetensors weights of an ADM preset or a timm model "
+                   "(default: random initialisation)")
     p.add_argument("--pretrained", action="store_true", help="load the weights difrep ships for --model "
                    "(adm-fmnist-28)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (and of a random initialisation)")
@@ -60,5 +69,5 @@ def build_dataset(args: argparse.Namespace, split: str, image_size: int) -> tupl
 
 
 def model_description(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, Any]:
-    return {"name": args.model, "config": asdict(model.config), "weights_sha256": weights_sha256(model),
+    return {"name": args.model, "config": model.describe(), "weights_sha256": weights_sha256(model),
             "init_seed": None if args.checkpoint or args.pretrained else args.seed}

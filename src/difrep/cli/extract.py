@@ -7,9 +7,18 @@ import argparse
 import torch
 
 from ..distributed import barrier, init_distributed
+from ..errors import UserError
 from ..features.cache import CacheWriter
 from ..utils.precision import PRECISIONS
-from .common import add_data_args, add_model_args, build_dataset, build_model, int_list, model_description
+from .common import (
+    add_data_args,
+    add_model_args,
+    block_list,
+    build_dataset,
+    build_model,
+    int_list,
+    model_description,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_extract_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timesteps", type=int_list, required=True, help="noise steps t, e.g. 90,150,300")
-    p.add_argument("--blocks", type=int_list, required=True, help="blocks b, e.g. 19,24,30")
+    p.add_argument("--timesteps", type=int_list, help="noise steps t, e.g. 90,150,300 (required for diffusion "
+                   "backbones; backbones without a noise step take none and are keyed t=0)")
+    p.add_argument("--blocks", type=block_list, required=True, help="blocks b, e.g. 19,24,30, or a backbone's "
+                   "block names (dift:1; difrep info lists them)")
     p.add_argument("--pool", type=int_list, default=[1], help="adaptive pool sizes, 0 = full map (default 1)")
     p.add_argument("--noise-draws", type=int, default=1, help="average features over K noise draws")
     p.add_argument("--batch-size", type=int, default=32)
@@ -54,9 +65,18 @@ def extract_split(args: argparse.Namespace, model: torch.nn.Module, model_info: 
     barrier(world)
 
 
+def resolve_timesteps(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """``--timesteps`` is required for a diffusion backbone and defaults to [0] (the key) for others."""
+    if args.timesteps is None:
+        if model.takes_timestep:
+            raise UserError(f"{args.model} is a diffusion backbone: pass --timesteps, e.g. 90,150")
+        args.timesteps = [0]
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     rank, world, device = init_distributed()
     model = build_model(args, extra).to(device)
+    resolve_timesteps(args, model)
     extract_split(args, model, model_description(args, model), args.split, args.out, rank, world, device)
     if rank == 0:
         print(f"cache complete: {args.out}")

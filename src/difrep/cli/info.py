@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from ..models import PRESETS, create_model
+from ..models.registry import BACKBONE_FAMILIES
 from .overrides import parse_model_flags
 
 
@@ -15,9 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "info",
         help="print a model's feature blocks",
         description="Print the paper-numbered feature blocks of a model. Extra --flag value pairs "
-        "override guided-diffusion model flags, e.g. difrep info adm --image_size 64 --num_channels 64.",
+        "override guided-diffusion model flags, e.g. difrep info adm --image_size 64 --num_channels 64, or "
+        "set a family's options, e.g. difrep info timm:vit_base_patch16_224 --image_size 224.",
     )
-    p.add_argument("model", nargs="?", help="preset name; omit to list the presets")
+    p.add_argument("model", nargs="?", help="ADM preset, timm:NAME, diffusers:FOLDER or sd:FOLDER; omit to list "
+                   "the presets")
     p.add_argument("--checkpoint", help="also load this checkpoint strictly, to check that it fits")
     p.set_defaults(run=run, accepts_extra=True)
 
@@ -27,20 +30,26 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"{'model':20} {'checkpoint':28} description")
         for name, preset in sorted(PRESETS.items()):
             print(f"{name:20} {preset.checkpoint or '-':28} {preset.description}")
+        print("\nother backbones:")
+        for family in BACKBONE_FAMILIES.values():
+            print(f"  {family}")
         return 0
     flags = parse_model_flags(args.model, extra)
-    if args.checkpoint:
+    if args.checkpoint or args.model not in PRESETS:
         model = create_model(args.model, checkpoint=args.checkpoint, **flags)
     else:
         with torch.device("meta"):
             model = create_model(args.model, **flags)
     params = sum(p.numel() for p in model.parameters())
-    cfg = model.config
+    steps = (f"{model.diffusion.num_timesteps} {model.diffusion.schedule} noise steps" if model.takes_timestep
+             else "no noise step (t is ignored)")
     print(f"{args.model}: {type(model).__name__}, {params / 1e6:.1f}M parameters, {model.num_blocks} blocks, "
-          f"{cfg.image_size}x{cfg.image_size} input, {cfg.diffusion_steps} {cfg.noise_schedule} noise steps")
+          f"{model.image_size}x{model.image_size} input, {steps}")
     if args.checkpoint:
-        print(f"checkpoint {args.checkpoint}: all {len(model.state_dict())} tensors fit")
-    print(f"{'b':>3}  {'stage':8} {'module':18} {'channels':>8} {'size':>5}")
+        print(f"checkpoint {args.checkpoint}: all tensors the features use fit")
+    print(f"{'b':>3}  {'stage':8} {'module':32} {'channels':>8} {'size':>5}")
     for b in model.feature_info:
-        print(f"{b.index:>3}  {b.stage:8} {b.module:18} {b.num_chs:>8} {b.resolution:>5}")
+        print(f"{b.index:>3}  {b.stage:8} {b.module:32} {b.num_chs:>8} {b.resolution:>5}")
+    if model.block_aliases:
+        print("block names: " + ", ".join(f"{k} = {v}" for k, v in model.block_aliases.items()))
     return 0

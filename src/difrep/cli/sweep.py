@@ -12,7 +12,7 @@ from ..evaluation.plots import plot_sweep
 from ..evaluation.sweep import best_row, run_sweep, write_csv
 from ..features.cache import FeatureCache
 from .common import add_data_args, add_model_args, build_model, model_description
-from .extract import add_extract_args, extract_split
+from .extract import add_extract_args, extract_split, resolve_timesteps
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     rank, world, device = init_distributed()
     model = build_model(args, extra).to(device)
+    resolve_timesteps(args, model)
     out = Path(args.out)
     model_info = model_description(args, model)
     for split, name in (("train", "cache-train"), (args.test_split, "cache-test")):

@@ -89,6 +89,8 @@ def sample(
     """``num`` images in [-1, 1] from an unconditional ADM U-Net, with ``steps`` respaced steps."""
     if method not in ("ddpm", "ddim"):
         raise UserError(f"method={method!r}: use 'ddpm' or 'ddim'")
+    if not hasattr(getattr(model, "config", None), "learn_sigma"):
+        raise UserError(f"difrep samples from ADM U-Nets (guided-diffusion's), not from a {type(model).__name__}")
     if getattr(model, "num_classes", None) is not None:
         raise UserError("this model is class-conditional: difrep samples unconditional models only")
     diffusion = model.diffusion.respaced(steps)

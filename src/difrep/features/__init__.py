@@ -1,6 +1,6 @@
 """Feature extraction from diffusion backbones at noise steps t and blocks b."""
 
-from .extractor import FeatureBackbone, FeatureExtractor
+from .extractor import FeatureExtractor
 from .noise import image_seed, per_image_noise
 
-__all__ = ["FeatureBackbone", "FeatureExtractor", "image_seed", "per_image_noise"]
+__all__ = ["FeatureExtractor", "image_seed", "per_image_noise"]

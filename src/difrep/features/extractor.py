@@ -4,37 +4,25 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion import GaussianDiffusion
 from ..errors import UserError
+from ..models import Backbone
 from .noise import noise_for_batch
-
-
-class FeatureBackbone(Protocol):
-    """What the extractor, cache and heads need of a backbone (ADM U-Net, encoder, others)."""
-
-    diffusion: GaussianDiffusion
-
-    @property
-    def image_size(self) -> int: ...
-
-    def validate_blocks(self, indices: Sequence[int]) -> list[int]: ...
-
-    def forward_intermediates(
-        self, x: torch.Tensor, t: torch.Tensor, indices: Sequence[int], stop_early: bool
-    ) -> dict[int, torch.Tensor]: ...
 
 
 class FeatureExtractor(nn.Module):
     """Noise images to every requested step t and return the activations after every block b.
 
     All timesteps (and noise draws) of a batch are folded into one forward, split in chunks of
-    ``chunk_size`` images x steps to bound memory, and the U-Net stops at the deepest block.
+    ``chunk_size`` images x steps to bound memory, and the U-Net stops at the deepest block. Any
+    :class:`difrep.models.Backbone` serves: images go through its ``encode`` (VAE latents for Stable
+    Diffusion, mean/std for timm) and noise is added to that. A backbone without a noise step (timm)
+    is run once per image, without noise, and its features are returned under every requested t.
 
     noise: "fixed" draws a deterministic noise per image index (evaluation; the call must pass the
     images' data-set indices), "fresh" draws new noise at every call (training). ``num_noise_draws``
@@ -58,11 +46,12 @@ class FeatureExtractor(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
-        backbone: FeatureBackbone = model  # type: ignore[assignment]
+        if not isinstance(model, Backbone):
+            raise UserError(f"FeatureExtractor needs a difrep backbone (difrep.create_model), got {type(model).__name__}")
         if not timesteps or not blocks:
             raise UserError("FeatureExtractor needs at least one timestep and one block")
-        self.timesteps = [int(t) for t in backbone.diffusion.validate_timesteps(list(timesteps))]
-        self.blocks = backbone.validate_blocks(list(blocks))
+        self.timesteps = model.validate_timesteps(timesteps)
+        self.blocks = model.validate_blocks(list(blocks))
         if noise not in ("fixed", "fresh"):
             raise UserError(f"noise={noise!r}: use 'fixed' (evaluation) or 'fresh' (training)")
         if num_noise_draws < 1 or chunk_size < 1:
@@ -84,6 +73,7 @@ class FeatureExtractor(nn.Module):
             )
 
     def _noise(self, images: torch.Tensor, indices: Sequence[int] | None, noise: torch.Tensor | None) -> torch.Tensor:
+        """Noise for x0 = ``images`` in the backbone's input space, [N, draws, *x0 shape]."""
         n, k = images.shape[0], self.num_noise_draws
         if noise is not None:
             noise = noise if noise.ndim == images.ndim + 1 else noise[:, None]
@@ -107,31 +97,35 @@ class FeatureExtractor(nn.Module):
     ) -> dict[tuple[int, int], torch.Tensor]:
         """Features for every (t, b) as float32 tensors [N, C, H, W] (H = W = pool if pooling).
 
-        ``images`` are in [-1, 1]. ``indices`` are the images' positions in their data set; they
-        seed the fixed noise and are required for it. ``noise`` ([N, draws, C, H, W], or [N, C, H, W]
-        for one draw) overrides the extractor's own noise: a trainer passes the draws it controls.
+        ``images`` are in [-1, 1], at the backbone's ``image_size``. ``indices`` are the images' positions
+        in their data set; they seed the fixed noise and are required for it. ``noise`` ([N, draws,
+        *model.input_shape], or without the draws axis for one draw) overrides the extractor's own
+        noise: a trainer passes the draws it controls.
         """
         self._check_images(images)
-        n, steps, draws = images.shape[0], len(self.timesteps), self.num_noise_draws
-        noise = self._noise(images, indices, noise)
-        x0 = images[:, None, None].expand(n, steps, draws, *images.shape[1:])
-        eps = noise[:, None].expand(n, steps, draws, *images.shape[1:])
-        t = torch.tensor(self.timesteps, device=images.device)[None, :, None].expand(n, steps, draws)
-        x0, eps, t = x0.flatten(0, 2), eps.flatten(0, 2), t.flatten()
-        ylab = None if y is None else y[:, None, None].expand(n, steps, draws).flatten()
-
-        grad = contextlib.nullcontext() if self.requires_grad else torch.no_grad()
         amp = (
             torch.autocast(images.device.type, dtype=self.dtype)
             if self.dtype is not None
             else contextlib.nullcontext()
         )
+        with amp:
+            x0 = self.model.encode(images)
+        noisy = self.model.takes_timestep
+        n = images.shape[0]
+        steps, draws = (len(self.timesteps), self.num_noise_draws) if noisy else (1, 1)
+        if noisy:
+            noise = self._noise(x0, indices, noise)
+            eps = noise[:, None].expand(n, steps, draws, *x0.shape[1:]).flatten(0, 2)
+        x0 = x0[:, None, None].expand(n, steps, draws, *x0.shape[1:]).flatten(0, 2)
+        t = torch.tensor(self.timesteps[:steps], device=images.device)[None, :, None].expand(n, steps, draws).flatten()
+        ylab = None if y is None else y[:, None, None].expand(n, steps, draws).flatten()
+
+        grad = contextlib.nullcontext() if self.requires_grad else torch.no_grad()
         parts: dict[int, list[torch.Tensor]] = {b: [] for b in self.blocks}
-        diffusion: GaussianDiffusion = self.model.diffusion
         with grad, amp:
             for start in range(0, x0.shape[0], self.chunk_size):
                 sl = slice(start, start + self.chunk_size)
-                x_t = diffusion.q_sample(x0[sl], t[sl], eps[sl])
+                x_t = self.model.diffusion.q_sample(x0[sl], t[sl], eps[sl]) if noisy else x0[sl]
                 kwargs = {} if ylab is None else {"y": ylab[sl]}
                 feats = self.model.forward_intermediates(
                     x_t, t[sl], indices=self.blocks, stop_early=True, **kwargs
@@ -144,5 +138,5 @@ class FeatureExtractor(nn.Module):
         for b, chunks in parts.items():
             f = torch.cat(chunks).unflatten(0, (n, steps, draws)).mean(dim=2)
             for i, step in enumerate(self.timesteps):
-                out[(step, b)] = f[:, i]
+                out[(step, b)] = f[:, i if noisy else 0]
         return out

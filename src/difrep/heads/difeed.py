@@ -61,7 +61,10 @@ class DifFeed(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
-        self.t = int(model.diffusion.validate_timesteps(t))
+        if not model.takes_timestep or not any(info.stage == "decoder" for info in model.feature_info):
+            raise UserError(f"DifFeed feeds a diffusion U-Net's decoder features back into its encoder: this "
+                            f"{type(model).__name__} has no decoder or no noise step")
+        self.t = model.validate_timesteps([t])[0]
         self.feature_block = model.validate_blocks([feature_block])[0]
         self.pairs = list(pairs) if pairs is not None else feedback_pairs(model, strategy, feature_block)
         model.validate_blocks([b for pair in self.pairs for b in pair])
@@ -81,16 +84,18 @@ class DifFeed(nn.Module):
 
     def noisy(self, images: torch.Tensor, indices: Sequence[int] | None = None,
               noise: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t with ``noise`` if given; else fresh noise while training (unless ``train_noise='fixed'``)
-        and per-image noise, seeded by the images' data-set ``indices``, otherwise."""
+        """x_t of the backbone's input x0 = ``model.encode(images)``, with ``noise`` if given; else fresh noise
+        while training (unless ``train_noise='fixed'``) and per-image noise, seeded by the images' data-set
+        ``indices``, otherwise."""
+        x0 = self.model.encode(images)
         if noise is None and self.training and self.train_noise == "fresh":
-            noise = torch.randn_like(images)
+            noise = torch.randn_like(x0)
         elif noise is None:
-            noise = noise_for_batch(images, indices, self.seed, 1, "DifFeed draws each image's evaluation noise "
+            noise = noise_for_batch(x0, indices, self.seed, 1, "DifFeed draws each image's evaluation noise "
                                     "from its position in the data set: pass indices=... (or noise=...)")[:, 0]
-        if noise.shape != images.shape:
-            raise UserError(f"noise must have the images' shape {tuple(images.shape)}, got {tuple(noise.shape)}")
-        return self.model.diffusion.q_sample(images, self._steps(images), noise.to(images))
+        if noise.shape != x0.shape:
+            raise UserError(f"noise must have the backbone input's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        return self.model.diffusion.q_sample(x0, self._steps(x0), noise.to(x0))
 
     def _steps(self, x: torch.Tensor) -> torch.Tensor:
         """The noise step t for every image, made on the images' device (no host round trip per pass)."""

@@ -1,6 +1,7 @@
 """Backbones that expose paper-numbered blocks through ``forward_intermediates``."""
 
-from .adm import ADMConfig, ADMEncoder, ADMEncoderConfig, ADMUNet, BlockInfo
+from .adm import ADMConfig, ADMEncoder, ADMEncoderConfig, ADMUNet
+from .backbone import Backbone, BlockInfo
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict
 from .registry import PRESETS, ModelConfig, create_model, list_models, shipped_weights
 
@@ -10,6 +11,7 @@ __all__ = [
     "ADMEncoder",
     "ADMEncoderConfig",
     "ADMUNet",
+    "Backbone",
     "BlockInfo",
     "CheckpointError",
     "ModelConfig",

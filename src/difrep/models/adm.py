@@ -9,14 +9,15 @@ f(x0, t, b) is the activation after block b. Decoder block b takes the skip of e
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ..diffusion import GaussianDiffusion
 from ..errors import UserError
+from .backbone import Backbone, BlockInfo
 from .layers import (
     AttentionBlock,
     AttentionPool2d,
@@ -94,18 +95,6 @@ class ADMEncoderConfig(ADMConfig):
     pool: Literal["attention", "adaptive"] = "attention"
 
 
-@dataclass(frozen=True)
-class BlockInfo:
-    """One feature block: its paper number b, where it lives and what it outputs."""
-
-    index: int
-    module: str
-    stage: Literal["encoder", "middle", "decoder"]
-    num_chs: int
-    reduction: int
-    resolution: int
-
-
 @dataclass
 class _LayoutBuilder:
     image_size: int
@@ -113,16 +102,17 @@ class _LayoutBuilder:
 
     def add(self, module: str, stage: str, channels: int, ds: int) -> None:
         self.info.append(
-            BlockInfo(len(self.info) + 1, module, stage, channels, ds, self.image_size // ds)  # type: ignore[arg-type]
+            BlockInfo(len(self.info) + 1, module, stage, channels, ds, self.image_size // ds)
         )
 
 
-class _ADMTrunk(nn.Module):
+class _ADMTrunk(Backbone):
     """Time embedding, encoder blocks and middle block: shared by the U-Net and the encoder."""
 
     def __init__(self, config: ADMConfig) -> None:
         super().__init__()
         self.config = config
+        self.image_size = config.image_size
         self.diffusion = GaussianDiffusion(config.diffusion_steps, config.noise_schedule)
         mult = config.resolved_channel_mult()
         attn_ds = config.attention_downsample_rates()
@@ -167,8 +157,8 @@ class _ADMTrunk(nn.Module):
         )
         layout.add("middle_block", "middle", ch, ds)
         self._layout = layout
+        self._blocks = layout.info
         self._num_encoder_blocks = len(self.input_blocks)
-        self._pruned_after: int | None = None
         self._ch, self._ds, self._mult = ch, ds, mult
 
     def _resblock(self, ch: int, out_ch: int, up: bool = False, down: bool = False) -> ResBlock:
@@ -182,26 +172,11 @@ class _ADMTrunk(nn.Module):
         return AttentionBlock(ch, num_heads, cfg.num_head_channels, cfg.use_new_attention_order)
 
     @property
-    def feature_info(self) -> list[BlockInfo]:
-        return list(self._layout.info)
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.config.in_channels, self.image_size, self.image_size)
 
-    def block_info(self, b: int) -> BlockInfo:
-        """The :attr:`feature_info` entry of block b (paper numbering), checked."""
-        self.validate_blocks([b])
-        return self._layout.info[b - 1]
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self._layout.info)
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def num_encoder_blocks(self) -> int:
-        """Encoder blocks of the full model (the numbering does not change when the model is pruned)."""
-        return self._num_encoder_blocks
+    def describe(self) -> dict[str, Any]:
+        return asdict(self.config)
 
     def prune_intermediate_layers(self, indices: Iterable[int]) -> int:
         """Drop every block after the deepest of ``indices``, and the output layer (timm's name).
@@ -220,31 +195,9 @@ class _ADMTrunk(nn.Module):
         if hasattr(self, "output_blocks"):
             self.output_blocks = self.output_blocks[: max(last - enc - 1, 0)]
         self.out = None
-        self._layout.info = self._layout.info[:last]
+        self._blocks = self._blocks[:last]
         self._pruned_after = last
         return last
-
-    def validate_blocks(self, indices: Iterable[int]) -> list[int]:
-        """Check paper block numbers against this model, with an error that lists the valid range."""
-        blocks = [int(b) for b in indices]
-        bad = [b for b in blocks if not 1 <= b <= self.num_blocks]
-        if bad and self._pruned_after is not None:
-            raise UserError(f"block(s) {bad} are not in this model: it was pruned after block {self._pruned_after}")
-        if bad:
-            raise UserError(
-                f"block(s) {bad} do not exist in this model: valid blocks are 1..{self.num_blocks} "
-                f"(encoder 1..{self.num_encoder_blocks}, middle {self.num_encoder_blocks + 1}"
-                + (
-                    f", decoder {self.num_encoder_blocks + 2}..{self.num_blocks})"
-                    if self.num_blocks > self.num_encoder_blocks + 1
-                    else ")"
-                )
-            )
-        return blocks
-
-    def mirror_block(self, b: int) -> int:
-        """The encoder block whose skip decoder block b consumes (38 - b for the 256 model)."""
-        return 2 * self.num_encoder_blocks + 2 - b
 
     def embed(
         self, t: torch.Tensor | int | Sequence[int], batch: int, y: torch.Tensor | None
@@ -335,9 +288,7 @@ class _ADMTrunk(nn.Module):
         intermediates, or ``(output, intermediates)`` when ``intermediates_only`` is False.
         """
         blocks = self.validate_blocks(range(1, self.num_blocks + 1) if indices is None else indices)
-        feedback = dict(feedback or {})
-        if any(not 1 <= b <= self.num_encoder_blocks for b in feedback):
-            raise UserError(f"feedback targets must be encoder blocks 1..{self.num_encoder_blocks}")
+        feedback = self._check_feedback(feedback)
         if stop_early and not intermediates_only:
             raise UserError("stop_early=True skips the output layer: use intermediates_only=True")
         if self.out is None and not intermediates_only:

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import MissingFileError, UserError
 from .adm import ADMConfig, ADMEncoder, ADMEncoderConfig, ADMUNet
+from .backbone import Backbone
 from .checkpoint import load_checkpoint
 
 _ADM_256 = dict(
@@ -122,9 +123,14 @@ def list_models() -> list[str]:
     return sorted(PRESETS)
 
 
+def _unknown(name: str) -> UserError:
+    return UserError(f"unknown model {name!r}: available models are {', '.join(list_models())}, or a name with a "
+                     f"prefix: {'; '.join(BACKBONE_FAMILIES.values())}")
+
+
 def _config_for(name: str, overrides: dict[str, Any]) -> ADMConfig:
     if name not in PRESETS:
-        raise UserError(f"unknown model {name!r}: available models are {', '.join(list_models())}")
+        raise _unknown(name)
     base = PRESETS[name].config
     known = {f.name for f in fields(base)}
     if "use_fp16" in overrides:
@@ -153,16 +159,49 @@ def shipped_weights(name: str) -> Path:
     return path
 
 
+BACKBONE_FAMILIES = {
+    "timm:": "timm:NAME: any timm model (e.g. timm:resnet50, timm:vit_base_patch16_224); checkpoint=FILE",
+    "diffusers:": "diffusers:FOLDER: a diffusers UNet2DModel saved with save_pretrained (with its scheduler/)",
+    "sd:": "sd:FOLDER: Stable Diffusion from a local diffusers folder (unet, vae, text_encoder, tokenizer, scheduler)",
+}
+
+
+def _create_other(name: str, checkpoint: str | Path | None, pretrained: bool, options: dict[str, Any]) -> Backbone:
+    """timm, diffusers and Stable Diffusion backbones, by the prefix of their name."""
+    prefix, _, target = name.partition(":")
+    if pretrained:
+        raise UserError(f"pretrained=True loads weights difrep ships; for {name!r} pass checkpoint=FILE or a folder")
+    if prefix == "timm":
+        from .timm_backbone import TimmBackbone
+
+        return TimmBackbone(target, checkpoint, **options).eval()
+    if checkpoint is not None:
+        raise UserError(f"{name!r} takes its weights from its folder: drop checkpoint={str(checkpoint)!r}")
+    if prefix == "diffusers":
+        from .diffusers_unet import load_diffusers_unet
+
+        return load_diffusers_unet(target, **options).eval()
+    from .stable_diffusion import load_stable_diffusion
+
+    return load_stable_diffusion(target, **options).eval()
+
+
 def create_model(
     name: str, checkpoint: str | Path | None = None, pretrained: bool = False, **overrides: Any
-) -> ADMUNet | ADMEncoder:
+) -> Backbone:
     """Build a backbone from a preset and guided-diffusion flag overrides, optionally with weights.
+
+    Other families are named by a prefix (:data:`BACKBONE_FAMILIES`): ``timm:resnet50`` with
+    ``checkpoint=FILE`` and options ``image_size``, ``mean``, ``std`` or timm's own; ``diffusers:FOLDER``
+    and ``sd:FOLDER`` (options ``image_size``, and ``learnable_text`` for SD), weights from the folder.
 
     ``pretrained`` loads the weights difrep ships for the preset (``adm-fmnist-28``); a preset that has
     shipped weights warns when it is built without them, since random features are rarely what was
     meant. The model is returned in eval mode. With weights the random initialisation is skipped: the
     model is built on the meta device and adopts the checkpoint's tensors (as float32).
     """
+    if name.partition(":")[0] + ":" in BACKBONE_FAMILIES:
+        return _create_other(name, checkpoint, pretrained, overrides)
     if pretrained:
         if checkpoint is not None:
             raise UserError("pass either checkpoint or pretrained=True, not both")
@@ -191,6 +230,6 @@ class ModelConfig:
     pretrained: bool = False
     flags: dict[str, Any] = field(default_factory=dict)
 
-    def build(self) -> ADMUNet | ADMEncoder:
-        """The model this section describes."""
+    def build(self) -> Backbone:
+        """The model this section describes (``flags`` are a family's options for timm:/diffusers:/sd: names)."""
         return create_model(self.name, checkpoint=self.checkpoint, pretrained=self.pretrained, **self.flags)

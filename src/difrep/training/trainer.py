@@ -55,13 +55,15 @@ class Classifier(nn.Module):
         self.train_noise_seed = seed
         # a tuple, so that the extractor's reference to the U-Net is not registered a second time
         self._extractor = () if isinstance(head, DifFeed) else (
-            FeatureExtractor(model, timesteps, blocks, noise="fixed", seed=seed, requires_grad=finetune, chunk_size=4096),)
+            FeatureExtractor(model, timesteps, blocks, noise="fixed", seed=seed, chunk_size=4096,
+                             requires_grad=finetune or bool(model.trainable_with_head())),)
         self.train(False)
 
     def forward(self, images: torch.Tensor, indices: list[int]) -> torch.Tensor:
         noise = None
         if self.training:
-            noise = per_image_noise(images.shape[1:], indices, self.train_noise_seed, device=images.device)
+            if self.model.takes_timestep:
+                noise = per_image_noise(self.model.input_shape, indices, self.train_noise_seed, device=images.device)
             if self.flip:
                 mirrored = [image_seed(self.train_noise_seed, i, draw=1) & 1 == 1 for i in indices]
                 mask = torch.tensor(mirrored, device=images.device)[:, None, None, None]
@@ -92,7 +94,8 @@ def keep_reachable_blocks(model: nn.Module, head: nn.Module, blocks: list[int], 
         if finetune:
             for info in model.feature_info:
                 if info.index > head.feature_block:
-                    model.get_submodule(info.module).requires_grad_(False)
+                    for module in model.block_modules(info.index):
+                        module.requires_grad_(False)
     else:
         model.prune_intermediate_layers(blocks)
 
@@ -193,7 +196,7 @@ class ClassificationTask(Task):
             classes = test_classes = count_classes(self.train_data.labels, self.test_data.labels)
         else:
             self.model = cfg.model.build()
-            self.model.diffusion.validate_timesteps(f.timesteps)
+            self.model.validate_timesteps(f.timesteps)
             self.model.validate_blocks(f.blocks)
             shapes = block_shapes(self.model, f.blocks)
             self.train_data, classes = _dataset(cfg, cfg.data.train_split, self.model.image_size, train=True)
@@ -206,7 +209,7 @@ class ClassificationTask(Task):
             self.classifier: nn.Module = CachedClassifier(head, f.timesteps, f.blocks).to(self.device)
         else:
             if not cfg.run.finetune:
-                self.model.requires_grad_(False)
+                self.model.freeze()
             keep_reachable_blocks(self.model, head, f.blocks, cfg.run.finetune)
             self.classifier = Classifier(self.model, head, f.timesteps, f.blocks, cfg.run.seed, cfg.run.finetune,
                                          flip=cfg.data.flip).to(self.device)
@@ -239,12 +242,15 @@ class ClassificationTask(Task):
         return [name for name, m in self.classifier.named_modules(remove_duplicate=False) if m is self.model]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The weights a run changes: the head, plus the U-Net (once) when fine-tuning. A frozen backbone is
-        never saved: it is rebuilt from model.name / checkpoint / pretrained."""
+        """The weights a run changes: the head, plus the U-Net (once) when fine-tuning, or what the backbone
+        trains with the head (SD's learnable text). A frozen backbone is never saved: it is rebuilt from
+        model.name / checkpoint / pretrained."""
         prefixes = [p + "." for p in self._backbone_prefixes()]
         kept = "model." if self.cfg.run.finetune else None
+        with_head = {f"model.{n}" for n, p in (self.model.named_parameters() if self.model is not None else ())
+                     if any(p is q for q in self.model.trainable_with_head())}
         return {k: v for k, v in self.classifier.state_dict().items()
-                if not any(k.startswith(p) and p != kept for p in prefixes)}
+                if k in with_head or not any(k.startswith(p) and p != kept for p in prefixes)}
 
     def load_trainable_state(self, weights: dict[str, torch.Tensor], source: Path) -> None:
         """Load :meth:`trainable_state` back; anything else missing or unexpected is an error naming ``source``."""

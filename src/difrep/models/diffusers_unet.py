@@ -1,0 +1,304 @@
+"""diffusers U-Nets (``UNet2DModel``, and ``UNet2DConditionModel`` for Stable Diffusion) as backbones.
+
+The block numbering mirrors ADM's exactly. Encoder ("input") blocks: ``conv_in``; each resnet of a
+down block together with its attention; each downsampler. The middle block is the whole ``mid_block``.
+Decoder ("output") blocks: each resnet of an up block with its attention, the last one of each up
+block including its upsampler. These are exactly the tensors diffusers pushes to and pops from its
+skip list, so decoder block b reads the skip of encoder block 2N + 2 - b, as in ADM. An ADM-shaped
+UNet2DModel (6 levels, 2 resnets a level) has 37 blocks with the middle at 19; SD-1.5/2.x have 25,
+middle 13.
+
+The traversal runs the model's own submodules in the model's own order (tested against its
+``forward(...).sample``), stops after the deepest requested block and keeps only skips it will read.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..diffusion import GaussianDiffusion
+from ..errors import MissingFileError, UserError
+from .backbone import Backbone, BlockInfo
+from .optional import optional_import
+
+_DOWN_BLOCKS = {"DownBlock2D", "AttnDownBlock2D", "CrossAttnDownBlock2D", "ResnetDownsampleBlock2D"}
+_UP_BLOCKS = {"UpBlock2D", "AttnUpBlock2D", "CrossAttnUpBlock2D", "ResnetUpsampleBlock2D"}
+_MID_BLOCKS = {"UNetMidBlock2D", "UNetMidBlock2DCrossAttn"}
+
+Step = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _check_supported(unet: nn.Module) -> None:
+    kinds = [type(b).__name__ for b in unet.down_blocks] + [type(b).__name__ for b in unet.up_blocks]
+    bad = sorted({k for k in kinds if k not in _DOWN_BLOCKS | _UP_BLOCKS})
+    if unet.mid_block is None or type(unet.mid_block).__name__ not in _MID_BLOCKS:
+        bad.append(f"mid block {type(unet.mid_block).__name__}")
+    cfg = unet.config
+    for option in ("class_embed_type", "addition_embed_type", "encoder_hid_dim_type", "num_class_embeds"):
+        if cfg.get(option) is not None:
+            bad.append(f"{option}={cfg.get(option)!r}")
+    if bad:
+        raise UserError(f"this {type(unet).__name__} uses parts difrep's traversal does not support: "
+                        f"{', '.join(bad)} (supported blocks: {', '.join(sorted(_DOWN_BLOCKS | _UP_BLOCKS | _MID_BLOCKS))}; "
+                        "no class or added conditioning)")
+
+
+def _square(size: Any, what: str) -> int:
+    if isinstance(size, (tuple, list)):
+        if len(set(size)) != 1:
+            raise UserError(f"{what} {tuple(size)} is not square: difrep's data pipeline makes square images")
+        size = size[0]
+    return int(size)
+
+
+class DiffusersUNet(Backbone):
+    """A diffusers ``UNet2DModel`` with its noise schedule: pixel-space diffusion, like ADM."""
+
+    pixel_factor = 1  # image pixels per model input pixel (8 for SD's latents)
+
+    def __init__(self, unet: nn.Module, diffusion: GaussianDiffusion, image_size: int | None = None,
+                 source: str = "") -> None:
+        super().__init__()
+        _check_supported(unet)
+        self.unet, self.diffusion, self.source = unet, diffusion, source
+        if image_size is None and unet.config.get("sample_size") is None:
+            raise UserError("this U-Net's config has no sample_size: pass image_size")
+        self.image_size = int(image_size or _square(unet.config.sample_size, "sample_size") * self.pixel_factor)
+        self._cross = type(unet).__name__ == "UNet2DConditionModel"
+        self._blocks, self._parts = self._layout()
+        self._num_encoder_blocks = sum(1 for b in self._blocks if b.stage == "encoder")
+        self._up_factor = 2 ** sum(1 for b in unet.up_blocks if b.upsamplers is not None)
+        if (self.image_size // self.pixel_factor) % self._up_factor:
+            raise UserError(f"image_size={self.image_size} must be a multiple of {self._up_factor * self.pixel_factor} "
+                            "for this U-Net")
+
+    def _layout(self) -> tuple[list[BlockInfo], list[list[str]]]:
+        """The block table and, per block, the names of the modules it runs."""
+        unet, size = self.unet, self.image_size // self.pixel_factor
+        rows: list[tuple[str, int, int, list[str]]] = [("encoder", unet.conv_in.out_channels, 1, ["unet.conv_in"])]
+        ds = 1
+        for i, block in enumerate(unet.down_blocks):
+            attns = getattr(block, "attentions", None)
+            for j, res in enumerate(block.resnets):
+                names = [f"unet.down_blocks.{i}.resnets.{j}"] + ([f"unet.down_blocks.{i}.attentions.{j}"] if attns else [])
+                rows.append(("encoder", res.out_channels, ds, names))
+            if block.downsamplers is not None:
+                ds *= 2
+                rows.append(("encoder", block.downsamplers[0].out_channels, ds, [f"unet.down_blocks.{i}.downsamplers"]))
+        rows.append(("middle", unet.mid_block.resnets[-1].out_channels, ds, ["unet.mid_block"]))
+        for i, block in enumerate(unet.up_blocks):
+            attns = getattr(block, "attentions", None)
+            for j, res in enumerate(block.resnets):
+                names = [f"unet.up_blocks.{i}.resnets.{j}"] + ([f"unet.up_blocks.{i}.attentions.{j}"] if attns else [])
+                if j == len(block.resnets) - 1 and block.upsamplers is not None:
+                    ds //= 2
+                    names.append(f"unet.up_blocks.{i}.upsamplers")
+                rows.append(("decoder", res.out_channels, ds, names))
+        info = [BlockInfo(b, names[0], stage, int(ch), r * self.pixel_factor, size // r)
+                for b, (stage, ch, r, names) in enumerate(rows, start=1)]
+        return info, [names for *_, names in rows]
+
+    def block_modules(self, b: int) -> list[nn.Module]:
+        """Every module block b runs (a resnet, its attention, an up/downsampler)."""
+        return [self.get_submodule(name) for name in self._parts[self.validate_blocks([b])[0] - 1]]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        size = self.image_size // self.pixel_factor
+        return (int(self.unet.config.in_channels), size, size)
+
+    def _context(self, batch: int) -> torch.Tensor | None:
+        """The cross-attention context (Stable Diffusion's text embedding); None for UNet2DModel."""
+        return None
+
+    def _embed(self, x: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The time embedding, as the model's forward computes it, and the steps as a [N] tensor."""
+        if not isinstance(t, torch.Tensor) or t.device.type == "cpu":
+            t = self.diffusion.validate_timesteps(t)
+        t = t.to(x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        if t.shape != (x.shape[0],):
+            raise UserError(f"timesteps must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        unet = self.unet
+        if self._cross:
+            emb = unet.time_embedding(unet.get_time_embed(sample=x, timestep=t), None)
+            if unet.time_embed_act is not None:
+                emb = unet.time_embed_act(emb)
+        else:
+            emb = unet.time_embedding(unet.time_proj(t).to(dtype=unet.dtype))
+        return emb, t
+
+    def _steps(self, emb: torch.Tensor, ctx: torch.Tensor | None) -> Iterator[Step]:
+        """One function per block, in the model's order; decoder steps take [h, skip] concatenated."""
+        unet = self.unet
+
+        def res_attn(res: nn.Module, attn: nn.Module | None, cross: bool, samplers: Any = None) -> Step:
+            def step(h: torch.Tensor) -> torch.Tensor:
+                h = res(h, emb)
+                if attn is not None:
+                    h = attn(h, encoder_hidden_states=ctx, return_dict=False)[0] if cross else attn(h)
+                for sampler in samplers or ():
+                    h = sampler(h, emb) if type(sampler).__name__ == "ResnetBlock2D" else sampler(h)
+                return h
+            return step
+
+        def resample(samplers: Any) -> Step:
+            def step(h: torch.Tensor) -> torch.Tensor:
+                for sampler in samplers:
+                    h = sampler(h, emb) if type(sampler).__name__ == "ResnetBlock2D" else sampler(h)
+                return h
+            return step
+
+        yield unet.conv_in
+        for block in unet.down_blocks:
+            attns = getattr(block, "attentions", None) or [None] * len(block.resnets)
+            cross = getattr(block, "has_cross_attention", False)
+            for res, attn in zip(block.resnets, attns):
+                yield res_attn(res, attn, cross)
+            if block.downsamplers is not None:
+                yield resample(block.downsamplers)
+        mid = unet.mid_block
+        if mid is None:
+            return
+        if getattr(mid, "has_cross_attention", False):
+            yield lambda h: mid(h, emb, encoder_hidden_states=ctx)
+        else:
+            yield lambda h: mid(h, emb)
+        for block in unet.up_blocks:
+            attns = getattr(block, "attentions", None) or [None] * len(block.resnets)
+            cross = getattr(block, "has_cross_attention", False)
+            for j, (res, attn) in enumerate(zip(block.resnets, attns)):
+                last = j == len(block.resnets) - 1
+                yield res_attn(res, attn, cross, block.upsamplers if last else None)
+
+    def _output(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        unet = self.unet
+        if unet.conv_norm_out is not None:
+            h = unet.conv_act(unet.conv_norm_out(h))
+        h = unet.conv_out(h)
+        if unet.config.get("time_embedding_type") == "fourier":
+            h = h / t.reshape(-1, *([1] * (h.ndim - 1)))
+        return h
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """The model's own output (eps), through difrep's traversal."""
+        return self.forward_intermediates(x, t, indices=[], intermediates_only=False)[0]
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | int,
+        indices: list[int | str] | None = None,
+        stop_early: bool = False,
+        intermediates_only: bool = True,
+        feedback: Mapping[int, torch.Tensor] | None = None,
+    ) -> dict[int, torch.Tensor] | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Activations after the requested blocks b (see :meth:`difrep.models.ADMUNet.forward_intermediates`)."""
+        blocks = self.validate_blocks(range(1, self.num_blocks + 1) if indices is None else indices)
+        feedback = self._check_feedback(feedback)
+        if stop_early and not intermediates_only:
+            raise UserError("stop_early=True skips the output layer: use intermediates_only=True")
+        if self._pruned_after is not None and not intermediates_only:
+            raise UserError("this model was pruned (prune_intermediate_layers): it has features, not an output")
+        if x.shape[1:] != self.input_shape:
+            raise UserError(f"inputs must be [N, {', '.join(map(str, self.input_shape))}], got {tuple(x.shape)}")
+        n_enc = self.num_encoder_blocks
+        last = max(blocks, default=0) if stop_early else self.num_blocks
+        keep_from = self.mirror_block(last) if last > n_enc + 1 else last + 1
+        if self.unet.config.get("center_input_sample"):
+            x = 2 * x - 1.0
+        emb, t = self._embed(x, t)
+        wanted, out = set(blocks), {}
+        skips: list[torch.Tensor | None] = []
+        h = x
+        for b, step in enumerate(self._steps(emb, self._context(x.shape[0])), start=1):
+            if b > last:
+                break
+            if b <= n_enc:
+                h = step(h)
+                if b in feedback:
+                    h = h + feedback[b].to(h.dtype)
+                skips.append(h if b >= keep_from else None)
+            elif b == n_enc + 1:
+                h = step(h)
+            else:
+                h = step(torch.cat([h, skips.pop()], dim=1))  # type: ignore[list-item]
+            if b in wanted:
+                out[b] = h
+        ordered = {b: out[b] for b in blocks}
+        if intermediates_only:
+            return ordered
+        return self._output(h, t), ordered
+
+    def prune_intermediate_layers(self, indices: list[int | str]) -> int:
+        """Drop every block after the deepest of ``indices`` and the output layers; numbers keep their meaning."""
+        last = max(self.validate_blocks(indices))
+        keep = {name for names in self._parts[:last] for name in names}
+        unet = self.unet
+        for kind, samplers in (("down_blocks", "downsamplers"), ("up_blocks", "upsamplers")):
+            kept = []
+            for i, block in enumerate(getattr(unet, kind)):
+                prefix = f"unet.{kind}.{i}"
+                used = sum(f"{prefix}.resnets.{j}" in keep for j in range(len(block.resnets)))
+                if not used:
+                    break
+                block.resnets = block.resnets[:used]
+                if getattr(block, "attentions", None) is not None:
+                    block.attentions = block.attentions[:used]
+                if f"{prefix}.{samplers}" not in keep:
+                    setattr(block, samplers, None)
+                kept.append(block)
+            setattr(unet, kind, nn.ModuleList(kept))
+        if "unet.mid_block" not in keep:
+            unet.mid_block = None
+        unet.conv_norm_out = unet.conv_act = unet.conv_out = None
+        self._blocks = self._blocks[:last]
+        self._pruned_after = last
+        return last
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "source": self.source, "image_size": self.image_size,
+                "unet": dict(self.unet.config), "schedule": self.diffusion.schedule}
+
+
+def _diffusion_from_scheduler(folder: Path | None) -> GaussianDiffusion:
+    """The noise schedule from a diffusers scheduler folder (its betas), or DDPM's default without one."""
+    diffusers = optional_import("diffusers", "diffusers backbones")
+    if folder is None:
+        warnings.warn("no scheduler/ folder beside the U-Net: using DDPM's default schedule (linear, 1000 steps)",
+                      UserWarning, stacklevel=3)
+        scheduler = diffusers.DDPMScheduler()
+    else:
+        scheduler = diffusers.DDPMScheduler.from_pretrained(str(folder), local_files_only=True)
+    return GaussianDiffusion(schedule=str(scheduler.config.beta_schedule), betas=scheduler.betas)
+
+
+def _load(cls: Any, folder: Path, what: str) -> nn.Module:
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{folder}: cannot load the {what} ({str(err).splitlines()[0]})") from err
+
+
+def load_diffusers_unet(path: str | Path, image_size: int | None = None) -> DiffusersUNet:
+    """A ``UNet2DModel`` from a local folder saved with ``save_pretrained``: either the U-Net's own folder
+    or a pipeline folder with ``unet/`` (and ``scheduler/``, whose betas give the noise schedule)."""
+    diffusers = optional_import("diffusers", "diffusers backbones")
+    root = Path(path)
+    if not root.is_dir():
+        raise MissingFileError(f"diffusers model folder {root}: no such folder")
+    unet_dir = root / "unet" if (root / "unet").is_dir() else root
+    config = unet_dir / "config.json"
+    if not config.is_file():
+        raise MissingFileError(f"{unet_dir} has no config.json: pass a folder written by save_pretrained")
+    if '"UNet2DConditionModel"' in config.read_text():
+        raise UserError(f"{unet_dir} holds a UNet2DConditionModel (text-conditioned): use sd:{root}")
+    unet = _load(diffusers.UNet2DModel, unet_dir, "UNet2DModel")
+    scheduler = next((d for d in (root / "scheduler", unet_dir.parent / "scheduler") if d.is_dir()), None)
+    return DiffusersUNet(unet, _diffusion_from_scheduler(scheduler), image_size, source=str(root.resolve()))
