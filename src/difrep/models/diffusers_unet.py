@@ -281,7 +281,8 @@ def _diffusion_from_scheduler(folder: Path | None) -> GaussianDiffusion:
 
 def _load(cls: Any, folder: Path, what: str) -> nn.Module:
     try:
-        return cls.from_pretrained(str(folder), local_files_only=True)
+        options = {"low_cpu_mem_usage": False} if cls.__module__.startswith("diffusers") else {}
+        return cls.from_pretrained(str(folder), local_files_only=True, **options)
     except (OSError, ValueError) as err:
         raise UserError(f"{folder}: cannot load the {what} ({str(err).splitlines()[0]})") from err
 

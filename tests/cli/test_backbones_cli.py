@@ -1,0 +1,97 @@
+"""Every backbone family through the commands: info, sweep (cache, probe, kNN), knn, cka --vs, train, evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from backbone_factories import save_sd_folder, save_unet2d_folder
+from fakes import make_fashion_mnist
+
+from difrep.cli.main import main
+from difrep.features.cache import FeatureCache
+from difrep.training import evaluate_checkpoint, load_config, train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fmnist")
+    make_fashion_mnist(root, n=40, prefixes=("train", "t10k"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backbones")
+    save_unet2d_folder(root / "ddpm")
+    save_sd_folder(root / "sd")
+    return root
+
+
+def _models(folders):
+    return {
+        "timm": (["--model", "timm:resnet50", "--image_size", "32"], "2,4", None),
+        "diffusers": (["--model", f"diffusers:{folders / 'ddpm'}"], "19,24", "10,200"),
+        "sd": (["--model", f"sd:{folders / 'sd'}"], "paper:15,dift:1", "10,200"),
+    }
+
+
+def test_info_prints_each_backbones_block_table(folders, capsys):
+    for family, (model, _, _) in _models(folders).items():
+        assert main(["info", model[1], *model[2:]]) == 0
+        out = capsys.readouterr().out
+        rows = [line for line in out.splitlines() if line.strip()[:2].strip().isdigit()]
+        assert len(rows) == {"timm": 4, "diffusers": 37, "sd": 25}[family], out
+        assert ("no noise step" in out) == (family == "timm")
+    assert "dift:1 = 19" in out and "paper:18 = 16" in out
+
+
+def test_sweep_knn_and_cka_across_backbones(data, folders, tmp_path, capsys):
+    base = ["--data", "fashion-mnist", "--root", str(data), "--no-check", "--workers", "0", "--pool", "1",
+            "--val-fraction", "0.25", "--solver", "lbfgs"]
+    for family, (model, blocks, timesteps) in _models(folders).items():
+        steps = ["--timesteps", timesteps] if timesteps else []
+        assert main(["sweep", *model, *base, *steps, "--blocks", blocks, "--out", str(tmp_path / family)]) == 0
+        rows = list(csv.DictReader((tmp_path / family / "sweep.csv").read_text().splitlines()))
+        expected_t = {"0"} if timesteps is None else {"10", "200"}
+        assert {r["t"] for r in rows} == expected_t
+        assert all(0 <= float(r["probe_test_top1"]) <= 100 for r in rows)
+    capsys.readouterr()
+    sd_cache = FeatureCache(tmp_path / "sd" / "cache-train")
+    assert {k.b for k in sd_cache.keys} == {13, 19}, "block names are resolved to numbers in the cache"
+    assert sd_cache.manifest["model"]["config"]["type"] == "StableDiffusion"
+    timm_root = tmp_path / "timm" / "cache-train"
+    assert main(["knn", "--train", str(timm_root), "--test", str(tmp_path / "timm" / "cache-test"),
+                 "--key", "t0_b4_p1", "--k", "5"]) == 0
+    assert '"k5"' in capsys.readouterr().out
+
+    assert main(["cka", "--cache", str(tmp_path / "sd" / "cache-train"), "--vs", str(timm_root),
+                 "--out", str(tmp_path / "cka")]) == 0
+    table = list(csv.reader((tmp_path / "cka.csv").read_text().splitlines()))
+    assert table[0][1:] == ["t0_b2_p1", "t0_b4_p1"] and len(table) == 1 + 4
+    values = [float(v) for row in table[1:] for v in row[1:]]
+    assert all(0 <= v <= 1 + 1e-6 for v in values) and len(set(values)) > 1
+
+
+def test_sd_learnable_text_trains_with_a_head_and_is_saved(data, folders, tmp_path):
+    overrides = {
+        "model.name": f"sd:{folders / 'sd'}", "model.flags": json.dumps({"learnable_text": True}),
+        "data.name": "fashion-mnist", "data.root": str(data), "data.check": "false", "data.workers": 0,
+        "features.timesteps": "[100]", "features.blocks": "[16]", "head.name": "attention", "head.dim": 16,
+        "head.depth": 1, "head.num_heads": 2, "optim.batch_size": 20, "optim.epochs": 2, "optim.eval_every": 2,
+        "optim.name": "adam", "optim.lr": 0.01, "run.out": str(tmp_path), "run.progress": "false",
+        "run.tensorboard": "false",
+    }
+    cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
+    metrics = train(cfg)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    saved = [k for k in state["weights"] if k.startswith("model.")]
+    assert saved == ["model.text_embedding"], "the frozen U-Net is not saved, the learnt text embedding is"
+    from difrep import create_model
+
+    null = create_model(f"sd:{folders / 'sd'}").text_embedding
+    assert not torch.allclose(state["weights"]["model.text_embedding"], null), "the text embedding was trained"
+    again = evaluate_checkpoint(tmp_path / "last.pt")
+    assert again["top1"] == pytest.approx(metrics["top1"]) and again["images"] == 40
