@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -75,17 +77,20 @@ def test_sweep_knn_and_cka_across_backbones(data, folders, tmp_path, capsys):
     assert all(0 <= v <= 1 + 1e-6 for v in values) and len(set(values)) > 1
 
 
-def test_sd_learnable_text_trains_with_a_head_and_is_saved(data, folders, tmp_path):
+def _sd_overrides(data, folders, out, **extra):
     overrides = {
         "model.name": f"sd:{folders / 'sd'}", "model.flags": json.dumps({"learnable_text": True}),
         "data.name": "fashion-mnist", "data.root": str(data), "data.check": "false", "data.workers": 0,
         "features.timesteps": "[100]", "features.blocks": "[16]", "head.name": "attention", "head.dim": 16,
         "head.depth": 1, "head.num_heads": 2, "optim.batch_size": 20, "optim.epochs": 2, "optim.eval_every": 2,
-        "optim.name": "adam", "optim.lr": 0.01, "run.out": str(tmp_path), "run.progress": "false",
-        "run.tensorboard": "false",
+        "optim.name": "adam", "optim.lr": 0.01, "run.out": str(out), "run.progress": "false",
+        "run.tensorboard": "false", **extra,
     }
-    cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
-    metrics = train(cfg)
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def test_sd_learnable_text_trains_with_a_head_and_is_saved(data, folders, tmp_path):
+    metrics = train(load_config(None, _sd_overrides(data, folders, tmp_path)))
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     saved = [k for k in state["weights"] if k.startswith("model.")]
     assert saved == ["model.text_embedding"], "the frozen U-Net is not saved, the learnt text embedding is"
@@ -95,3 +100,22 @@ def test_sd_learnable_text_trains_with_a_head_and_is_saved(data, folders, tmp_pa
     assert not torch.allclose(state["weights"]["model.text_embedding"], null), "the text embedding was trained"
     again = evaluate_checkpoint(tmp_path / "last.pt")
     assert again["top1"] == pytest.approx(metrics["top1"]) and again["images"] == 40
+
+
+def test_sd_learnable_text_on_two_processes_equals_one_process(data, folders, tmp_path):
+    """DDP with a frozen U-Net and a trainable text embedding inside it: 2 processes of batch 4 take the
+    steps of 1 process of batch 8."""
+    common = {"optim.epochs": 1, "optim.name": "sgd", "optim.lr": 0.05, "data.per_class": 2}  # 20 images
+    train(load_config(None, _sd_overrides(data, folders, tmp_path / "one", **common, **{"optim.batch_size": 8})))
+    args = _sd_overrides(data, folders, tmp_path / "two", **common, **{"optim.batch_size": 4})
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           "-m", "difrep.cli.main", "train", *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (torch.load(tmp_path / n / "last.pt", weights_only=True)["weights"] for n in ("one", "two"))
+    from difrep import create_model
+
+    null = create_model(f"sd:{folders / 'sd'}").text_embedding
+    step = (one["model.text_embedding"] - null).norm()
+    gap = (two["model.text_embedding"] - one["model.text_embedding"]).norm()
+    assert step > 0 and gap < 0.02 * step, f"2 processes differ by {gap:.2e}, the text moved {step:.2e}"

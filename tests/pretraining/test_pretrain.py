@@ -102,7 +102,7 @@ def test_the_loss_goes_down(fake, tmp_path):
 
 
 def test_conditional_models_and_bad_options_are_refused(fake, tmp_path):
-    with pytest.raises(ValueError, match="unconditional U-Nets only"):
+    with pytest.raises(ValueError, match="unconditional ADM U-Nets only"):
         pretrain(_cfg(fake, tmp_path, **{"model.flags": json.dumps({**TINY, "class_cond": True})}))
     with pytest.raises(ValueError, match="unknown option"):
         _cfg(fake, tmp_path, **{"optim.learning_rate": 1})

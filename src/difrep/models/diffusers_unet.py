@@ -138,31 +138,25 @@ class DiffusersUNet(Backbone):
         """One function per block, in the model's order; decoder steps take [h, skip] concatenated."""
         unet = self.unet
 
-        def res_attn(res: nn.Module, attn: nn.Module | None, cross: bool, samplers: Any = None) -> Step:
-            def step(h: torch.Tensor) -> torch.Tensor:
-                h = res(h, emb)
+        def step(res: nn.Module | None, attn: nn.Module | None, cross: bool, samplers: Any) -> Step:
+            def run(h: torch.Tensor) -> torch.Tensor:
+                if res is not None:
+                    h = res(h, emb)
                 if attn is not None:
                     h = attn(h, encoder_hidden_states=ctx, return_dict=False)[0] if cross else attn(h)
-                for sampler in samplers or ():
+                for sampler in samplers or ():  # resnet samplers take the time embedding, the others do not
                     h = sampler(h, emb) if type(sampler).__name__ == "ResnetBlock2D" else sampler(h)
                 return h
-            return step
-
-        def resample(samplers: Any) -> Step:
-            def step(h: torch.Tensor) -> torch.Tensor:
-                for sampler in samplers:
-                    h = sampler(h, emb) if type(sampler).__name__ == "ResnetBlock2D" else sampler(h)
-                return h
-            return step
+            return run
 
         yield unet.conv_in
         for block in unet.down_blocks:
             attns = getattr(block, "attentions", None) or [None] * len(block.resnets)
             cross = getattr(block, "has_cross_attention", False)
             for res, attn in zip(block.resnets, attns):
-                yield res_attn(res, attn, cross)
+                yield step(res, attn, cross, None)
             if block.downsamplers is not None:
-                yield resample(block.downsamplers)
+                yield step(None, None, False, block.downsamplers)
         mid = unet.mid_block
         if mid is None:
             return
@@ -174,8 +168,7 @@ class DiffusersUNet(Backbone):
             attns = getattr(block, "attentions", None) or [None] * len(block.resnets)
             cross = getattr(block, "has_cross_attention", False)
             for j, (res, attn) in enumerate(zip(block.resnets, attns)):
-                last = j == len(block.resnets) - 1
-                yield res_attn(res, attn, cross, block.upsamplers if last else None)
+                yield step(res, attn, cross, block.upsamplers if j == len(block.resnets) - 1 else None)
 
     def _output(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         unet = self.unet

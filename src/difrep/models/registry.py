@@ -14,6 +14,9 @@ from ..errors import MissingFileError, UserError
 from .adm import ADMConfig, ADMEncoder, ADMEncoderConfig, ADMUNet
 from .backbone import Backbone
 from .checkpoint import load_checkpoint
+from .diffusers_unet import load_diffusers_unet
+from .stable_diffusion import load_stable_diffusion
+from .timm_backbone import TimmBackbone
 
 _ADM_256 = dict(
     image_size=256,
@@ -167,22 +170,17 @@ BACKBONE_FAMILIES = {
 
 
 def _create_other(name: str, checkpoint: str | Path | None, pretrained: bool, options: dict[str, Any]) -> Backbone:
-    """timm, diffusers and Stable Diffusion backbones, by the prefix of their name."""
+    """timm, diffusers and Stable Diffusion backbones, by the prefix of their name (their packages are
+    imported only here, when such a backbone is built)."""
     prefix, _, target = name.partition(":")
     if pretrained:
         raise UserError(f"pretrained=True loads weights difrep ships; for {name!r} pass checkpoint=FILE or a folder")
     if prefix == "timm":
-        from .timm_backbone import TimmBackbone
-
         return TimmBackbone(target, checkpoint, **options).eval()
     if checkpoint is not None:
         raise UserError(f"{name!r} takes its weights from its folder: drop checkpoint={str(checkpoint)!r}")
     if prefix == "diffusers":
-        from .diffusers_unet import load_diffusers_unet
-
         return load_diffusers_unet(target, **options).eval()
-    from .stable_diffusion import load_stable_diffusion
-
     return load_stable_diffusion(target, **options).eval()
 
 

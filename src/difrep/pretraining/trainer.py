@@ -26,6 +26,7 @@ from ..data import build_transform, collate_skipping, load_split
 from ..engine import Engine, EngineSettings, Task
 from ..errors import UserError
 from ..evaluation.plots import plot_loss_curve
+from ..models import ADMUNet
 from ..utils.files import atomic_write
 from ..utils.precision import precision_dtype
 from .config import PretrainConfig
@@ -111,8 +112,8 @@ class DiffusionPretrainingTask(Task):
         self.images_per_step = cfg.optim.batch_size * self.world
         torch.manual_seed(cfg.run.seed)
         self.model = cfg.model.build()
-        if getattr(self.model, "num_classes", None) is not None or not hasattr(self.model, "output_blocks"):
-            raise UserError(f"model {cfg.model.name!r}: difrep pretrain trains unconditional U-Nets only")
+        if not isinstance(self.model, ADMUNet) or self.model.num_classes is not None:
+            raise UserError(f"model {cfg.model.name!r}: difrep pretrain trains unconditional ADM U-Nets only")
         self.model.to(self.device).train()
         self.module = self.model
         self.diffusion = self.model.diffusion
