@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from difrep.models import create_model
 from difrep.models.registry import PRESETS
@@ -24,13 +25,23 @@ HEADS = {
 DATASETS = ("imagenet", "folder")
 HEAD_CONFIGS = [CONFIGS / f"{data}_{head}.yaml" for data in DATASETS for head in HEADS]
 PRETRAIN_CONFIGS = [CONFIGS / "pretrain_fashion_mnist.yaml"]
+# Table 15 (ImageNet-50: SimCLR ResNet-50 and MAE ViT-B under the Attention head and transformer fusion) and
+# Table 10 (Stable Diffusion, linear probe): backbone, blocks in the paper's numbering, head
+BACKBONE_CONFIGS = {
+    "imagenet50_simclr_attention": ("timm:resnet50", [4], "attention"),
+    "imagenet50_simclr_difformer": ("timm:resnet50", [1, 2, 3, 4], "difformer"),
+    "imagenet50_mae_attention": ("timm:vit_base_patch16_224", [12], "attention"),
+    "imagenet50_mae_difformer": ("timm:vit_base_patch16_224", [9, 10, 11, 12], "difformer"),
+    "imagenet_sd_linear": ("sd:", ["paper:18"], "linear"),
+}
 
 
 def test_every_config_file_is_checked_here():
     """A new config without a check below fails this test."""
     on_disk = sorted(CONFIGS.glob("*.yaml"))
     assert on_disk, f"no configs found in {CONFIGS}"
-    assert sorted(HEAD_CONFIGS + PRETRAIN_CONFIGS) == on_disk
+    others = [CONFIGS / f"{name}.yaml" for name in BACKBONE_CONFIGS]
+    assert sorted(HEAD_CONFIGS + PRETRAIN_CONFIGS + others) == on_disk
 
 
 @pytest.mark.parametrize("path", HEAD_CONFIGS, ids=lambda p: p.stem)
@@ -102,3 +113,28 @@ def test_a_config_starts_from_its_base_and_replaces_section_by_section(tmp_path)
     (tmp_path / "e.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(FileNotFoundError, match=r"missing.yaml: no such file \(the base of .*e.yaml\)"):
         load(tmp_path / "e.yaml")
+
+
+@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+def test_other_backbone_configs_follow_tables_15_and_10(name, tmp_path):
+    from backbone_factories import save_sd_folder
+
+    from difrep.training.trainer import block_shapes, build_head
+
+    backbone, blocks, head = BACKBONE_CONFIGS[name]
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.model.name.startswith(backbone) and cfg.head.name == head and cfg.run.finetune is False
+    assert cfg.optim.name == "sgd" and cfg.optim.epochs == (15 if backbone == "sd:" else 28)
+    if backbone == "sd:":
+        save_sd_folder(tmp_path)  # the same 25-block layout as SD-1.5: the paper's b = 18 by name
+        sd = create_model(f"sd:{tmp_path}")
+        assert cfg.features.blocks == sd.validate_blocks(blocks) and cfg.model.flags["image_size"] == 512
+        return
+    assert cfg.data.name == "imagenet-50" and cfg.features.blocks == blocks
+    with torch.device("meta"):
+        model = create_model(cfg.model.name, **cfg.model.flags)
+    heads = build_head(cfg, 50, block_shapes(model, cfg.features.blocks))
+    params = sum(p.numel() for p in heads.parameters())
+    if name == "imagenet50_simclr_attention":
+        assert round(params / 1e6, 1) == 27.5, "Table 15: the Attention head on SimCLR block 4 has 27.5M parameters"
+    assert 26e6 < params < 30.5e6, "Table 15 lists 26.0M to 30.0M for these heads"
