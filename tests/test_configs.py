@@ -27,6 +27,11 @@ HEAD_CONFIGS = [CONFIGS / f"{data}_{head}.yaml" for data in DATASETS for head in
 PRETRAIN_CONFIGS = [CONFIGS / "pretrain_fashion_mnist.yaml"]
 # Table 15 (ImageNet-50: SimCLR ResNet-50 and MAE ViT-B under the Attention head and transformer fusion) and
 # Table 10 (Stable Diffusion, linear probe): backbone, blocks in the paper's numbering, head
+SEGMENTATION_CONFIGS = {  # Table 6: blocks, DifFeed feedback
+    "ade20k_upernet_gd_b24": ([24], None),
+    "ade20k_upernet_gd_multiblock": ([33, 30, 27, 24], None),
+    "ade20k_upernet_difeed": ([33, 30, 27, 24], "bottleneck"),
+}
 BACKBONE_CONFIGS = {
     "imagenet50_simclr_attention": ("timm:resnet50", [4], "attention"),
     "imagenet50_simclr_difformer": ("timm:resnet50", [1, 2, 3, 4], "difformer"),
@@ -40,7 +45,7 @@ def test_every_config_file_is_checked_here():
     """A new config without a check below fails this test."""
     on_disk = sorted(CONFIGS.glob("*.yaml"))
     assert on_disk, f"no configs found in {CONFIGS}"
-    others = [CONFIGS / f"{name}.yaml" for name in BACKBONE_CONFIGS]
+    others = [CONFIGS / f"{name}.yaml" for name in [*BACKBONE_CONFIGS, *SEGMENTATION_CONFIGS]]
     assert sorted(HEAD_CONFIGS + PRETRAIN_CONFIGS + others) == on_disk
 
 
@@ -138,3 +143,22 @@ def test_other_backbone_configs_follow_tables_15_and_10(name, tmp_path):
     if name == "imagenet50_simclr_attention":
         assert round(params / 1e6, 1) == 27.5, "Table 15: the Attention head on SimCLR block 4 has 27.5M parameters"
     assert 26e6 < params < 30.5e6, "Table 15 lists 26.0M to 30.0M for these heads"
+
+
+@pytest.mark.parametrize("name", SEGMENTATION_CONFIGS)
+def test_segmentation_configs_follow_table_6_and_the_mae_recipe(name):
+    from difrep.dense import load_segmentation_config
+
+    blocks, feedback = SEGMENTATION_CONFIGS[name]
+    cfg = load_segmentation_config(CONFIGS / f"{name}.yaml")
+    assert cfg.task == "segmentation" and cfg.model.name == "adm-256-uncond"
+    assert cfg.features.timesteps == [90] and cfg.features.blocks == blocks and cfg.features.feedback == feedback
+    assert (cfg.optim.batch_size, cfg.optim.iterations, cfg.optim.lr) == (2, 16_000, 2e-5), "the paper's settings"
+    assert (cfg.optim.name, cfg.optim.weight_decay, cfg.optim.warmup) == ("adamw", 0.05, 1500), "MAE's recipe"
+    assert (cfg.data.crop, cfg.data.scale, cfg.data.ratio_range) == (512, [2048, 512], [0.5, 2.0])
+    assert (cfg.head.channels, cfg.head.decoder_channels, cfg.head.aux_weight) == (1024, 1024, 0.4)
+    assert cfg.run.slide and cfg.run.stride == 341 and cfg.features.input_size == 256
+    with torch.device("meta"):
+        model = create_model(cfg.model.name)
+    sizes = [model.block_info(b).resolution for b in blocks]
+    assert sizes == ([16] if len(blocks) == 1 else [128, 64, 32, 16]), "a ViT-L UperNet's input shapes"

@@ -17,7 +17,7 @@ LAYERS = {
     "heads": 5,
     "evaluation": 6,
     "engine": 7,
-    "training": 8, "pretraining": 8,
+    "training": 8, "pretraining": 8, "dense": 8,
     "demo": 9,
     "cli": 10,
 }

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
-from ..data import CATALOG, DatasetLayoutError, ImageDataset, create_dataset, find_unreadable
+from ..data import (
+    CATALOG,
+    DatasetLayoutError,
+    ImageDataset,
+    SegmentationDataset,
+    create_dataset,
+    create_segmentation_dataset,
+    find_unreadable,
+    load_labels,
+)
 from ..data.catalog import check_counts
 from ..data.loader import default_workers
 from ..errors import UserError
+from .scenes import add_make_scenes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="inspect data sets")
+    p = sub.add_parser("data", help="inspect data sets, make the scenes benchmark")
     actions = p.add_subparsers(dest="action", required=True)
     check = actions.add_parser(
         "check",
@@ -22,9 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("path")
     check.add_argument("--splits", default="train,test", help="comma-separated splits (default train,test)")
     check.add_argument("--class-list", help="imagenet-50: file of the 50 WordNet ids")
-    check.add_argument("--verify", action="store_true", help="decode every image and list the unreadable ones")
+    check.add_argument("--verify", action="store_true",
+                       help="decode every image (and mask) and list the unreadable ones")
     check.add_argument("--workers", type=int, default=None)
-    p.set_defaults(run=run)
+    check.set_defaults(run=run)
+    add_make_scenes(actions)
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -37,12 +50,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     failed = False
     for split in args.splits.split(","):
         try:
-            ds = create_dataset(args.name, args.path, split, check=False, **options)
+            if spec.kind == "segmentation":
+                ds = create_segmentation_dataset(args.name, args.path, split, check=False)
+            else:
+                ds = create_dataset(args.name, args.path, split, check=False, **options)
         except (DatasetLayoutError, FileNotFoundError, ValueError) as err:
             print(f"{split:8} {'-':>8} {'-':>10} {'-':>10}  error: {err}")
             failed = True
             continue
-        classes = len(set(ds.targets))
+        classes = ds.num_classes if isinstance(ds, SegmentationDataset) else len(set(ds.targets))
         expected = spec.counts.get("test" if split == "val" else split)
         status = "ok"
         try:
@@ -58,4 +74,14 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                 print(f"  {msg}")
             print(f"  decoded {len(ds) - len(bad):,} of {len(ds):,} images")
             failed |= bool(bad)
+        if args.verify and isinstance(ds, SegmentationDataset):
+            workers = default_workers() if args.workers is None else args.workers
+            bad = find_unreadable([image for image, _ in ds.samples], workers)
+            bad_masks = find_unreadable([mask for _, mask in ds.samples], workers,
+                                        load=partial(load_labels, num_classes=ds.num_classes))
+            for msg in bad + bad_masks:
+                print(f"  {msg}")
+            print(f"  decoded {len(ds) - len(bad):,} of {len(ds):,} images "
+                  f"and {len(ds) - len(bad_masks):,} of {len(ds):,} masks")
+            failed |= bool(bad or bad_masks)
     return 1 if failed else 0

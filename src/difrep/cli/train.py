@@ -7,15 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from ..dense import SegmentationConfig, evaluate_segmentation_checkpoint, train_segmentation
+from ..errors import MissingFileError, UserError
 from ..training import TrainConfig, evaluate_checkpoint, load_config, train
-from ..utils.config import parse_override
+from ..utils.config import parse_override, read_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a head (resumes from run.out/last.pt)",
-                       description="Train a head on diffusion features. CONFIG is a YAML file (see configs/); "
+                       description="Train a head on diffusion features (task: classification, the default, or "
+                       "segmentation: UperNet). CONFIG is a YAML file (see configs/); "
                        "any option can be overridden as section.option=value, e.g. optim.lr=0.01 "
                        "features.blocks=[19,24]. Under torchrun, training is data-parallel.")
     p.add_argument("config", nargs="?", help="YAML config (defaults apply to what it leaves out)")
@@ -28,11 +32,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_evaluate, accepts_extra=True)
 
 
-def config_from_args(args: argparse.Namespace, extra: list[str], schema: type = TrainConfig) -> Any:
-    """CONFIG plus ``section.option=value`` overrides (CONFIG may be left out); None once --print-config printed it."""
+TASKS = {"classification": TrainConfig, "segmentation": SegmentationConfig}
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str], schema: type | None = None) -> Any:
+    """CONFIG plus ``section.option=value`` overrides (CONFIG may be left out); None once --print-config printed it.
+    Without ``schema``, the config's ``task`` chooses it (classification by default)."""
     config = args.config
     if config is not None and "=" in config and not Path(config).exists():
         config, extra = None, [config, *extra]  # no config file: the first argument is an override
+    if schema is None:
+        task = read_options(config, extra).get("task", "classification")
+        if task not in TASKS:
+            raise UserError(f"task={task!r}: use {' or '.join(TASKS)}")
+        schema = TASKS[task]
     cfg = load_config(config, extra, schema=schema)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -44,6 +57,11 @@ def run_train(args: argparse.Namespace, extra: list[str]) -> int:
     cfg = config_from_args(args, extra)
     if cfg is None:
         return 0
+    if isinstance(cfg, SegmentationConfig):
+        metrics = train_segmentation(cfg)
+        if "checkpoint" in metrics:
+            print(f"mIoU {metrics['mIoU']:.2f}%, aAcc {metrics['aAcc']:.2f}% ({cfg.run.out}/metrics.json)")
+        return 0
     metrics = train(cfg)
     if "checkpoint" in metrics:
         print(f"top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}% ({cfg.run.out}/metrics.json)")
@@ -52,7 +70,12 @@ def run_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 def run_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = {".".join(keys): value for keys, value in map(parse_override, extra)}
-    result = evaluate_checkpoint(args.checkpoint, overrides)
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {path}: no such file")
+    task = torch.load(path, map_location="cpu", weights_only=True)["config"].get("task", "classification")
+    evaluate = evaluate_segmentation_checkpoint if task == "segmentation" else evaluate_checkpoint
+    result = evaluate(path, overrides)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text)

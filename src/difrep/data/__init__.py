@@ -1,6 +1,13 @@
 """Data sets in their official layouts, the paper's transforms and robust loading."""
 
-from .catalog import CATALOG, create_dataset, list_datasets, load_split
+from .catalog import (
+    ADE20K_CLASSES,
+    CATALOG,
+    create_dataset,
+    create_segmentation_dataset,
+    list_datasets,
+    load_split,
+)
 from .fashion_mnist import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
 from .images import (
     ImageDataset,
@@ -13,15 +20,29 @@ from .images import (
 )
 from .loader import ShardSampler, build_loader
 from .readers import DatasetLayoutError
+from .seg_transforms import SegEvalTransform, SegTrainTransform
+from .segmentation import (
+    IGNORE_INDEX,
+    SegmentationDataset,
+    load_labels,
+    load_mask,
+    read_ade20k,
+    reduce_zero_label,
+)
 from .subsets import balanced_subset, held_out_split
 from .transforms import build_transform
 
 __all__ = [
+    "ADE20K_CLASSES",
     "CATALOG",
     "DEBIAN_FASHION_MNIST",
     "DatasetLayoutError",
+    "IGNORE_INDEX",
     "ImageDataset",
     "ImageList",
+    "SegEvalTransform",
+    "SegTrainTransform",
+    "SegmentationDataset",
     "ShardSampler",
     "TensorImageDataset",
     "UnreadableImageError",
@@ -31,10 +52,15 @@ __all__ = [
     "build_transform",
     "collate_skipping",
     "create_dataset",
+    "create_segmentation_dataset",
     "find_unreadable",
     "list_datasets",
     "load_fashion_mnist",
+    "load_labels",
+    "load_mask",
     "load_rgb",
     "load_split",
+    "read_ade20k",
     "read_idx",
+    "reduce_zero_label",
 ]

@@ -1,4 +1,5 @@
-"""``create_dataset``: every data set by name, checked against the paper's class and image counts."""
+"""``create_dataset`` and ``create_segmentation_dataset``: every data set by name, checked against the
+paper's class and image counts."""
 
 from __future__ import annotations
 
@@ -12,24 +13,45 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from ..errors import UserError
-from . import readers
+from . import readers, segmentation
 from .fashion_mnist import load_fashion_mnist
 from .images import ImageDataset, ImageList, OnError, TensorImageDataset
 from .readers import DatasetLayoutError
+from .segmentation import EvalTransform, SegmentationDataset, TrainTransform
 from .subsets import balanced_subset
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
 
+# The SceneParsing benchmark's 150 classes, in the order of mask values 1..150.
+ADE20K_CLASSES: tuple[str, ...] = tuple(
+    "wall,building,sky,floor,tree,ceiling,road,bed,windowpane,grass,cabinet,sidewalk,person,earth,door,"
+    "table,mountain,plant,curtain,chair,car,water,painting,sofa,shelf,house,sea,mirror,rug,field,"
+    "armchair,seat,fence,desk,rock,wardrobe,lamp,bathtub,railing,cushion,base,box,column,signboard,"
+    "chest of drawers,counter,sand,sink,skyscraper,fireplace,refrigerator,grandstand,path,stairs,"
+    "runway,case,pool table,pillow,screen door,stairway,river,bridge,bookcase,blind,coffee table,"
+    "toilet,flower,book,hill,bench,countertop,stove,palm,kitchen island,computer,swivel chair,boat,bar,"
+    "arcade machine,hovel,bus,towel,light,truck,tower,chandelier,awning,streetlight,booth,"
+    "television receiver,airplane,dirt track,apparel,pole,land,bannister,escalator,ottoman,bottle,"
+    "buffet,poster,stage,van,ship,fountain,conveyer belt,canopy,washer,plaything,swimming pool,stool,"
+    "barrel,basket,waterfall,tent,bag,minibike,cradle,oven,ball,food,step,tank,trade name,microwave,"
+    "pot,animal,bicycle,lake,dishwasher,screen,blanket,sculpture,hood,sconce,vase,traffic light,tray,"
+    "ashcan,fan,pier,crt screen,plate,monitor,bulletin board,shower,radiogram,glass,clock,flag".split(",")
+)
+# Generated Fashion-MNIST scenes: mask value 1 is the background, 2..11 the Fashion-MNIST classes.
+SCENES_CLASSES: tuple[str, ...] = ("background", *FASHION_MNIST_CLASSES)
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
     title: str
-    read: Callable[..., ImageList] | None
+    read: Callable[..., ImageList | list[tuple[Path, Path]]] | None
     num_classes: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
     layout: str = ""
+    kind: str = "classification"  # or "segmentation": then read gives (image, mask) pairs
+    classes: tuple[str, ...] = ()  # segmentation: the names of classes 0..K-1, which masks do not carry
 
 
 CATALOG: dict[str, DatasetSpec] = {
@@ -81,11 +103,31 @@ CATALOG: dict[str, DatasetSpec] = {
         "folder of class sub-folders", readers.read_folder, None, {},
         "ROOT/<class>/*, or ROOT/{train,val|test}/<class>/*",
     ),
+    # The paper's text gives 3,169 validation images; the official SceneParsing release has 2,000.
+    "ade20k": DatasetSpec(
+        "ADE20K (SceneParsing)", segmentation.read_ade20k, 150, {"train": 20_210, "test": 2_000},
+        segmentation.ADE20K_LAYOUT, kind="segmentation", classes=ADE20K_CLASSES,
+    ),
+    "scenes": DatasetSpec(
+        "Fashion-MNIST scenes (generated)", segmentation.read_ade20k, 11, {},
+        "as ade20k, with *.png images (written by difrep.data.scenes)", kind="segmentation",
+        classes=SCENES_CLASSES,
+    ),
 }
 
 
 def list_datasets() -> list[str]:
     return list(CATALOG)
+
+
+def _spec(name: str, kind: str) -> DatasetSpec:
+    if name not in CATALOG:
+        raise UserError(f"unknown data set {name!r}: available are {', '.join(CATALOG)}")
+    spec = CATALOG[name]
+    if spec.kind != kind:
+        maker = "create_segmentation_dataset" if spec.kind == "segmentation" else "create_dataset"
+        raise UserError(f"{name!r} is a {spec.kind} data set: load it with difrep.data.{maker}")
+    return spec
 
 
 def check_counts(name: str, root: str | Path, split: str, classes: int, images: int) -> None:
@@ -118,9 +160,7 @@ def create_dataset(
     ``check`` compares the class and image counts with the paper's; ``on_error='skip'`` drops
     unreadable images (each logged by path) instead of stopping.
     """
-    if name not in CATALOG:
-        raise UserError(f"unknown data set {name!r}: available are {', '.join(CATALOG)}")
-    spec = CATALOG[name]
+    spec = _spec(name, "classification")
     if name == "fashion-mnist":
         images, labels = load_fashion_mnist(root, "test" if split == "val" else split)
         dataset: Dataset = TensorImageDataset(images, labels, FASHION_MNIST_CLASSES, transform)
@@ -133,6 +173,26 @@ def create_dataset(
     if check:
         check_counts(name, root, split, found_classes, found_images)
     return dataset
+
+
+def create_segmentation_dataset(
+    name: str,
+    root: str | Path,
+    split: str = "train",
+    train_transform: TrainTransform | None = None,
+    eval_transform: EvalTransform | None = None,
+    check: bool = True,
+) -> SegmentationDataset:
+    """A segmentation data set whose samples are ``(image, mask, index)``; see :class:`SegmentationDataset`.
+
+    ``check`` compares the number of image/mask pairs with the official release's.
+    """
+    spec = _spec(name, "segmentation")
+    assert spec.read is not None and spec.num_classes is not None
+    samples = spec.read(root, split)
+    if check:
+        check_counts(name, root, split, spec.num_classes, len(samples))
+    return SegmentationDataset(samples, spec.num_classes, spec.classes, train_transform, eval_transform)
 
 
 def load_split(

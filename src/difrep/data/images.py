@@ -141,25 +141,28 @@ class TensorImageDataset(Dataset):
 
 
 class _VerifyFiles(Dataset):
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = paths
+    def __init__(self, paths: Sequence[Path], load: Callable[[Path], Any]) -> None:
+        self.paths, self.load = paths, load
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> str:
         try:
-            load_rgb(self.paths[index])
-        except UnreadableImageError as err:
+            self.load(self.paths[index])
+        except UserError as err:
             return str(err)
         return ""
 
 
-def find_unreadable(paths: Sequence[Path], workers: int = 0) -> list[str]:
-    """Decode every file (in ``workers`` processes) and return a message for each one that fails."""
+def find_unreadable(
+    paths: Sequence[Path], workers: int = 0, load: Callable[[Path], Any] = load_rgb
+) -> list[str]:
+    """Decode every file with ``load`` (in ``workers`` processes; a picklable function then) and return
+    the message of each UserError it raises."""
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(_VerifyFiles(paths), batch_size=64, num_workers=workers, collate_fn=list)
+    loader = DataLoader(_VerifyFiles(paths, load), batch_size=64, num_workers=workers, collate_fn=list)
     return [msg for batch in loader for msg in batch if msg]
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from ..errors import UserError
 from .images import collate_skipping
 
 
@@ -77,3 +79,36 @@ class ShardSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.size, self.world_size))
+
+
+def mix_seeds(*values: int) -> int:
+    """One seed from several integers (seed, step, position, ...), the same on every machine."""
+    seed = 0
+    for v in values:
+        seed = (seed * 1_000_003 + v) % (2**63 - 1)
+    return seed
+
+
+class StepBatches(Sampler[list[int]]):
+    """Batches of data-set indices for steps ``start, start + 1, ...``: each epoch is a permutation
+    seeded by (seed, epoch); rank r of w takes its slice of every global batch."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
+                 world: int = 1) -> None:
+        if size < batch_size * world:
+            raise UserError(f"the data has {size} images, fewer than one global batch of {batch_size * world}")
+        self.size, self.batch, self.seed, self.start, self.stop = size, batch_size, seed, start, stop
+        self.rank, self.world = rank, world
+        self.per_epoch = size // (batch_size * world)
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, order = -1, torch.empty(0, dtype=torch.long)
+        for step in range(self.start, self.stop):
+            if step // self.per_epoch != epoch:
+                epoch = step // self.per_epoch
+                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(mix_seeds(self.seed, epoch)))
+            first = (step % self.per_epoch) * self.batch * self.world + self.rank * self.batch
+            yield order[first : first + self.batch].tolist()

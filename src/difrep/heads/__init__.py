@@ -1,7 +1,7 @@
 """Heads on frozen (or fine-tuned) diffusion features: linear, MLP, CNN, Attention, DifFormer, DifFeed."""
 
 from .attention import AttentionHead, ClsTransformer, DifFormer, Tokenizer
-from .difeed import DifFeed, feedback_pairs
+from .difeed import DifFeed, Feedback, feedback_pairs
 from .simple import CNNHead, LinearHead, MLPHead
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "CNNHead",
     "ClsTransformer",
     "DifFeed",
+    "Feedback",
     "DifFormer",
     "LinearHead",
     "MLPHead",

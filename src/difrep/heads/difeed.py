@@ -38,6 +38,44 @@ def feedback_pairs(model: nn.Module, strategy: Strategy, feature_block: int) -> 
     return [(b, model.mirror_block(b)) for b in sources]
 
 
+class Feedback(nn.ModuleDict):
+    """DifFeed's feedback: a layer per (decoder block b, encoder block e) pair, keyed ``"b_e"`` (1x1 conv
+    without bias, BatchNorm, ReLU), mapping a first-pass decoder feature to e's width, bilinearly resized
+    to e's size. Shared by the DifFeed head and the dense tasks."""
+
+    def __init__(self, model: nn.Module, pairs: Sequence[tuple[int, int]]) -> None:
+        model.validate_blocks([b for pair in pairs for b in pair])
+        super().__init__({
+            f"{b}_{e}": nn.Sequential(
+                nn.Conv2d(model.block_info(b).num_chs, model.block_info(e).num_chs, 1, bias=False),
+                nn.BatchNorm2d(model.block_info(e).num_chs), nn.ReLU()
+            )
+            for b, e in pairs
+        })
+        self.model = (model,)  # a tuple: the owner registers the backbone, not this module
+        self.pairs = [(int(b), int(e)) for b, e in pairs]
+        self._resolution = {e: model.block_info(e).resolution for _, e in self.pairs}
+        self._image_size = model.image_size
+
+    def first_pass(self, x_t: torch.Tensor, t: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The decoder features the feedback layers read, from the frozen U-Net without gradient."""
+        with torch.no_grad():
+            return self.model[0].forward_intermediates(x_t, t, indices=sorted({b for b, _ in self.pairs}),
+                                                       stop_early=True)
+
+    def forward(self, first: dict[int, torch.Tensor], input_size: int) -> dict[int, torch.Tensor]:
+        """What to add to each target encoder block's output for inputs of ``input_size`` pixels (block
+        sizes scale with the input: a dense task may run the U-Net above its training size)."""
+        additions: dict[int, torch.Tensor] = {}
+        for b, e in self.pairs:
+            f = self[f"{b}_{e}"](first[b])
+            size = self._resolution[e] * input_size // self._image_size
+            if f.shape[-1] != size:
+                f = F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)
+            additions[e] = additions[e] + f if e in additions else f
+        return additions
+
+
 class DifFeed(nn.Module):
     """Two passes of the frozen U-Net at one noise step t, with learned feedback in between.
 
@@ -66,21 +104,13 @@ class DifFeed(nn.Module):
                             f"{type(model).__name__} has no decoder or no noise step")
         self.t = model.validate_timesteps([t])[0]
         self.feature_block = model.validate_blocks([feature_block])[0]
-        self.pairs = list(pairs) if pairs is not None else feedback_pairs(model, strategy, feature_block)
-        model.validate_blocks([b for pair in self.pairs for b in pair])
-        self.feedback = nn.ModuleDict({
-            f"{b}_{e}": nn.Sequential(
-                nn.Conv2d(model.block_info(b).num_chs, model.block_info(e).num_chs, 1, bias=False),
-                nn.BatchNorm2d(model.block_info(e).num_chs), nn.ReLU()
-            )
-            for b, e in self.pairs
-        })
+        self.feedback = Feedback(model, list(pairs) if pairs is not None else feedback_pairs(model, strategy, feature_block))
+        self.pairs = self.feedback.pairs
         fb = model.block_info(self.feature_block)
         self.head = AttentionHead(fb.num_chs, fb.resolution, num_classes, **head_kwargs)
         if train_noise not in ("fresh", "fixed"):
             raise UserError(f"train_noise={train_noise!r}: use 'fresh' (the paper) or 'fixed' (per-image noise)")
         self.seed, self.train_noise = seed, train_noise
-        self._resolution = {e: model.block_info(e).resolution for _, e in self.pairs}
 
     def noisy(self, images: torch.Tensor, indices: Sequence[int] | None = None,
               noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -103,9 +133,7 @@ class DifFeed(nn.Module):
 
     def first_pass(self, x_t: torch.Tensor) -> dict[int, torch.Tensor]:
         """The decoder features the feedback layers read: the frozen U-Net, without gradient."""
-        with torch.no_grad():
-            return self.model.forward_intermediates(x_t, self._steps(x_t), indices=sorted({b for b, _ in self.pairs}),
-                                                    stop_early=True)
+        return self.feedback.first_pass(x_t, self._steps(x_t))
 
     def forward(self, images: torch.Tensor, indices: Sequence[int] | None = None,
                 first: dict[int, torch.Tensor] | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -115,13 +143,7 @@ class DifFeed(nn.Module):
         x_t = self.noisy(images, indices, noise)
         if first is None:
             first = self.first_pass(x_t)
-        additions: dict[int, torch.Tensor] = {}
-        for b, e in self.pairs:
-            f = self.feedback[f"{b}_{e}"](first[b])
-            size = self._resolution[e]
-            if f.shape[-1] != size:
-                f = F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)
-            additions[e] = additions[e] + f if e in additions else f
+        additions = self.feedback(first, x_t.shape[-1])
         second = self.model.forward_intermediates(
             x_t, self._steps(x_t), indices=[self.feature_block], stop_early=True, feedback=additions
         )

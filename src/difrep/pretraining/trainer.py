@@ -13,16 +13,17 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from ..data import build_transform, collate_skipping, load_split
+from ..data.loader import StepBatches, mix_seeds
 from ..engine import Engine, EngineSettings, Task
 from ..errors import UserError
 from ..evaluation.plots import plot_loss_curve
@@ -33,38 +34,6 @@ from .config import PretrainConfig
 
 LOG_FIELDS = ("step", "loss", "mse", "vb", "grad_norm", "lr", "images_per_s", "seconds")
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _mix(*values: int) -> int:
-    seed = 0
-    for v in values:
-        seed = (seed * 1_000_003 + v) % (2**63 - 1)
-    return seed
-
-
-class StepBatches(Sampler[list[int]]):
-    """Batches of data-set indices for steps ``start, start + 1, ...``: each epoch is a permutation
-    seeded by (seed, epoch); rank r of w takes its slice of every global batch."""
-
-    def __init__(self, size: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0,
-                 world: int = 1) -> None:
-        if size < batch_size * world:
-            raise UserError(f"the data has {size} images, fewer than one global batch of {batch_size * world}")
-        self.size, self.batch, self.seed, self.start, self.stop = size, batch_size, seed, start, stop
-        self.rank, self.world = rank, world
-        self.per_epoch = size // (batch_size * world)
-
-    def __len__(self) -> int:
-        return max(self.stop - self.start, 0)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch, order = -1, torch.empty(0, dtype=torch.long)
-        for step in range(self.start, self.stop):
-            if step // self.per_epoch != epoch:
-                epoch = step // self.per_epoch
-                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
-            first = (step % self.per_epoch) * self.batch * self.world + self.rank * self.batch
-            yield order[first : first + self.batch].tolist()
 
 
 class EMA:
@@ -157,7 +126,7 @@ class DiffusionPretrainingTask(Task):
         n = images.shape[0]
         flip, t, noise = torch.zeros(n, dtype=torch.bool), torch.empty(n, dtype=torch.long), torch.empty(images.shape)
         for i in range(n):
-            gen = torch.Generator().manual_seed(_mix(self.cfg.run.seed, step, self.rank * n + i, 7))
+            gen = torch.Generator().manual_seed(mix_seeds(self.cfg.run.seed, step, self.rank * n + i, 7))
             flip[i] = bool(torch.rand((), generator=gen) < 0.5) and self.cfg.data.flip
             t[i] = int(torch.randint(0, self.diffusion.num_timesteps, (), generator=gen))
             noise[i] = torch.randn(images.shape[1:], generator=gen)

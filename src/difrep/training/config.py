@@ -80,6 +80,7 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
+    task: str = "classification"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)

@@ -180,6 +180,8 @@ class ClassificationTask(Task):
         super().__init__()
         self.cfg = cfg
         self.amp_dtype = precision_dtype(cfg.run.precision, "run.precision")
+        if cfg.task != "classification":
+            raise UserError(f"task={cfg.task!r}: this is the classification task (difrep train picks the task's own)")
         if cfg.optim.name not in ("sgd", "adam", "adamw"):
             raise UserError(f"optim.name={cfg.optim.name!r}: use sgd, adam or adamw")
         if cfg.optim.schedule not in ("step", "cosine", "constant"):

@@ -64,10 +64,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(value)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...], schema: type) -> Any:
-    """Read a YAML config (missing options keep their defaults) and apply ``section.option=value`` overrides.
-
-    ``schema`` is the dataclass of sections (``TrainConfig`` for heads, ``PretrainConfig`` for diffusion)."""
+def read_options(path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The raw options of a YAML config (its base chain included) with ``section.option=value`` overrides
+    applied, before any schema: a command reads ``task`` here to choose the schema."""
     data = {} if path is None else _read(Path(path), ())
     for text in overrides:
         keys, value = parse_override(text)
@@ -77,7 +76,14 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...],
             if not isinstance(node, dict):
                 raise UserError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
-    return _build(schema, data, "")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...], schema: type) -> Any:
+    """Read a YAML config (missing options keep their defaults) and apply ``section.option=value`` overrides.
+
+    ``schema`` is the dataclass of sections (``TrainConfig`` for heads, ``PretrainConfig`` for diffusion)."""
+    return _build(schema, read_options(path, overrides), "")
 
 
 def _read(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
