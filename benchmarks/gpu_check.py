@@ -25,9 +25,12 @@ Checks (each in its own try/except, so one failure hides nothing else; exit code
    same accuracy), bf16 (DifFeed) and fp16 with ``run.finetune=true`` (linear; the U-Net must change).
    The trainer picks its device itself (CUDA whenever present); with ``--device cpu`` the script hides
    the GPUs (CUDA_VISIBLE_DEVICES="") before torch starts.
-5. knn / cka: ``knn_accuracy`` and ``cka_matrix`` (exact, and the minibatch estimate) on device tensors
+5. segmentation: ``train_segmentation`` end to end (UperNet on the ADM's frozen features, bf16 on CUDA) on a
+   tiny ADE20K-layout data set written to a temporary folder, slide evaluation counting every pixel, and
+   ``evaluate_segmentation_checkpoint`` of its checkpoint giving the same mIoU.
+6. knn / cka: ``knn_accuracy`` and ``cka_matrix`` (exact, and the minibatch estimate) on device tensors
    give the same results as on CPU tensors.
-6. ddp: with 2 or more GPUs, ``torchrun --nproc_per_node 2 -m difrep.cli.main train ...`` (NCCL) on the
+7. ddp: with 2 or more GPUs, ``torchrun --nproc_per_node 2 -m difrep.cli.main train ...`` (NCCL) on the
    tiny data set next to a 1-process run of the same global batch: both count every test image once,
    and a 1-process ``difrep evaluate`` of the 2-process checkpoint gives the 2-process run's accuracy.
 
@@ -398,6 +401,62 @@ def make_train_check(precision: str, head_name: str, finetune: bool) -> Callable
     return check
 
 
+def _write_segmentation_dataset(root: Path, size: int, train: int, test: int) -> None:
+    """ADEChallengeData2016/{images,annotations}/{training,validation}: a bright disc (class 2) on noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for split, count in (("training", train), ("validation", test)):
+        for kind in ("images", "annotations"):
+            (root / "ADEChallengeData2016" / kind / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            cy, cx, r = rng.integers(size // 4, 3 * size // 4, 2).tolist() + [size // 4]
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+            pixels = rng.integers(0, 100, (size, size, 3), dtype=np.uint8)
+            pixels[disc] += 120
+            mask = np.where(disc, 3, 1).astype(np.uint8)  # 1 = background, 3 = the disc's class
+            Image.fromarray(pixels).save(root / "ADEChallengeData2016" / "images" / split / f"{i}.png")
+            Image.fromarray(mask, mode="L").save(root / "ADEChallengeData2016" / "annotations" / split / f"{i}.png")
+
+
+def check_segmentation(setup: Setup) -> dict[str, Any]:
+    """UperNet end to end on the device (bf16 on CUDA): training, slide evaluation, checkpoint re-evaluation."""
+    import torch
+
+    from difrep.dense import evaluate_segmentation_checkpoint, load_segmentation_config, train_segmentation
+
+    size = setup.train_flags["image_size"]
+    root = setup.tmp / "segmentation"
+    _write_segmentation_dataset(root, size, train=8, test=4)
+    out = setup.tmp / "segmentation_run"
+    overrides = {
+        "task": "segmentation", "model.name": "adm", "model.flags": json.dumps(setup.train_flags),
+        "data.name": "scenes", "data.root": str(root), "data.check": "false", "data.workers": 2,
+        "data.crop": size, "data.scale": f"[{size}, {size}]", "data.ratio_range": "[0.75, 1.5]",
+        "features.timesteps": "[90]", "features.blocks": f"[{setup.train_block}]", "features.input_size": size,
+        "head.channels": 64, "head.decoder_channels": 64, "optim.batch_size": 4, "optim.iterations": 4,
+        "optim.warmup": 1, "optim.lr": 1e-3, "run.log_every": 4, "run.eval_every": 4, "run.slide": "true",
+        "run.stride": size // 2, "run.precision": "bf16" if setup.cuda else "fp32", "run.out": str(out),
+        "run.progress": "false", "run.tensorboard": "false", "run.overlays": 2,
+    }
+    metrics = train_segmentation(load_segmentation_config(None, [f"{k}={v}" for k, v in overrides.items()]))
+    if setup.cuda and torch.cuda.max_memory_allocated() == 0:
+        raise AssertionError("nothing was allocated on the GPU: the segmentation task did not run there")
+    if not math.isfinite(metrics["loss"]) or not 0 <= metrics["mIoU"] <= 100:
+        raise AssertionError(f"loss {metrics['loss']}, mIoU {metrics['mIoU']}")
+    if metrics["pixels"] != 4 * size * size:
+        raise AssertionError(f"evaluation counted {metrics['pixels']} pixels, expected {4 * size * size}")
+    again = evaluate_segmentation_checkpoint(out / "last.pt", {"run.progress": False})
+    if abs(again["mIoU"] - metrics["mIoU"]) > 1e-6:
+        raise AssertionError(f"evaluate_segmentation_checkpoint gives {again['mIoU']:.3f}, training {metrics['mIoU']:.3f}")
+    if not (out / "overlays.png").is_file():
+        raise AssertionError("overlays.png was not written")
+    return {"ips": 16 / metrics["seconds"], "note": f"loss {metrics['loss']:.3f}, mIoU {metrics['mIoU']:.1f}, "
+                                                   "re-evaluation agrees"}
+
+
 def check_knn(setup: Setup) -> dict[str, Any]:
     import torch
 
@@ -499,6 +558,7 @@ def all_checks(setup: Setup) -> list[tuple[str, Callable[[Setup], dict[str, Any]
     for precision, head, finetune in (("fp16", "attention", False), ("bf16", "difeed", False), ("fp16", "linear", True)):
         label = f"train() {precision} {head}{' finetune' if finetune else ''}, 1 epoch, eval + checkpoint"
         checks.append((label, make_train_check(precision, head, finetune)))
+    checks.append(("segmentation: UperNet train + slide eval + checkpoint", check_segmentation))
     checks.append(("knn_accuracy on device = cpu", check_knn))
     checks.append(("cka_matrix exact + minibatch on device = cpu", check_cka))
     checks.append(("DDP 2 processes (NCCL) vs 1 process", check_ddp))

@@ -37,9 +37,10 @@ class DenseFeatures(nn.Module):
             raise UserError(f"features.blocks={list(blocks)}: give 1 block (all levels) or {len(STRIDES)} (one a level)")
         by_size = sorted(set(self.blocks), key=lambda b: -backbone.block_info(b).resolution)
         self.levels = by_size * len(STRIDES) if len(by_size) == 1 else by_size
-        coarsest = max(info.reduction for info in backbone.feature_info)
-        if input_size < 1 or input_size % coarsest:
-            raise UserError(f"features.input_size={input_size}: use a positive multiple of {coarsest}, this backbone's "
+        has_decoder = any(i.stage == "decoder" for i in backbone.feature_info)
+        coarsest = max(info.reduction for info in backbone.feature_info) if has_decoder else 1
+        if input_size < 1 or input_size % coarsest:  # a U-Net's skips must meet the upsampled maps exactly
+            raise UserError(f"features.input_size={input_size}: use a positive multiple of {coarsest}, this U-Net's "
                             "coarsest reduction")
         self.input_size, self.finetune = input_size, finetune
         self.proj = nn.ModuleDict({str(b): nn.Conv2d(backbone.block_info(b).num_chs, channels, 1) for b in by_size})

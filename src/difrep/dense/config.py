@@ -21,6 +21,7 @@ from ..utils.config import load_config as _load
 class SegDataConfig:
     name: str = "ade20k"
     root: str = ""
+    test_root: str | None = None  # the evaluation split's folder, if not root (held-out scenes, say)
     train_split: str = "train"
     test_split: str = "test"
     crop: int = 512

@@ -96,8 +96,8 @@ class SegmentationTask(Task):
         full_train = create_segmentation_dataset(d.name, d.root, d.train_split, train, evaluate, check=d.check)
         self.classes = list(full_train.classes)
         self.train_data = _first(full_train, d.max_train)
-        self.test_data = _first(create_segmentation_dataset(d.name, d.root, d.test_split, train, evaluate,
-                                                            check=d.check), d.max_test)
+        self.test_data = _first(create_segmentation_dataset(d.name, d.test_root or d.root, d.test_split, train,
+                                                            evaluate, check=d.check), d.max_test)
         self.model = cfg.model.build()
         if not r.finetune:
             self.model.freeze()
@@ -170,6 +170,10 @@ class SegmentationTask(Task):
         workers = default_workers() if self.cfg.data.workers is None else self.cfg.data.workers
         return DataLoader(self.train_data, batch_sampler=_SeededSteps(steps, r.seed), num_workers=workers,
                           pin_memory=torch.cuda.is_available())
+
+    def begin_period(self, period: int) -> None:
+        if not self.cfg.run.finetune:
+            self.model.eval()  # a frozen backbone keeps its eval behaviour (BatchNorm statistics, dropout)
 
     def _noise(self, seeds: list[int]) -> torch.Tensor | None:
         if not self.model.takes_timestep:

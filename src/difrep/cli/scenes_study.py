@@ -1,0 +1,37 @@
+"""``difrep scenes-study``: UperNet on the shipped model's features against a random-init copy and a CNN."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..data.fashion_mnist import DEBIAN_FASHION_MNIST
+from ..dense.study import run_scenes_study
+from ..errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("scenes-study", help="segmentation on the Fashion-MNIST scenes (docs/dense.md)",
+                       description="Choose t and b on held-out training scenes, then train UperNet on the shipped "
+                       "model's frozen features (one block and four), on a random-init copy, and on a ResNet-18 "
+                       "from pixels, for several seeds. Rerun to resume.")
+    p.add_argument("--scenes", required=True, help="folder written by difrep data make-scenes")
+    p.add_argument("--fashion-root", default=str(DEBIAN_FASHION_MNIST))
+    p.add_argument("--config", default="configs/scenes_upernet_fmnist.yaml")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--select-iterations", type=int, default=150)
+    p.add_argument("--max-test", type=int, default=200, help="test scenes evaluated (default 200)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra:
+        raise UserError(f"unexpected arguments {extra}")
+    summary = run_scenes_study(args.scenes, args.fashion_root, args.out, args.config, args.seeds, args.iterations,
+                               args.select_iterations, args.max_test)
+    best = summary["chosen"]
+    print(f"chosen on held-out training scenes: t={best['t']}, b={best['b']} ({best['heldout_mIoU']:.1f} mIoU)")
+    for row in summary["results"]:
+        print(f"{row['variant']:45} mIoU {row['mean']:5.1f} +- {row['std']:.1f}  (aAcc {row['aAcc']:.1f})")
+    return 0

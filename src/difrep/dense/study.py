@@ -1,0 +1,83 @@
+"""The scenes study: does UperNet on the shipped model's frozen features segment real garments?
+
+On the Fashion-MNIST scenes (``difrep data make-scenes``), UperNet with the same decoder and budget is
+trained on: the shipped ``adm-fmnist-28``'s frozen features at one block (t and b chosen on held-out
+training scenes), the same with four blocks (Table 6's multi-block setting), a random-init copy of the
+U-Net (frozen, the chosen t and b), and a small CNN (ResNet-18, random init) trained from pixels.
+Every run is an engine run in its own folder, so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.scenes import make_scenes
+from .config import load_segmentation_config
+from .task import train_segmentation
+
+TIMESTEPS = (10, 50, 150)
+BLOCKS = (10, 13, 16)  # the middle block and decoder blocks at 21 and 42 pixels (84-pixel input)
+MULTI_BLOCKS = [19, 16, 13, 10]  # every third block from the middle, as Table 6's {33, 30, 27, 24}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: tuple[str, ...]
+
+
+def _run(config: Path, out: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    done = out / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    cfg = load_segmentation_config(config, [*overrides, f"run.out={out}", "run.progress=false", "run.tensorboard=false"])
+    return train_segmentation(cfg)
+
+
+def run_scenes_study(scenes: str | Path, fashion_root: str | Path, out: str | Path, config: str | Path,
+                     seeds: int = 3, iterations: int = 300, select_iterations: int = 150, max_test: int = 200,
+                     heldout: int = 100, timesteps: Sequence[int] = TIMESTEPS,
+                     blocks: Sequence[int] = BLOCKS) -> dict[str, Any]:
+    """Select (t, b) on held-out training scenes, then train every variant for ``seeds`` seeds."""
+    scenes, out, config = Path(scenes), Path(out), Path(config)
+    held = out / "heldout"
+    make_scenes(fashion_root, held, "train", heldout, seed=1)  # new scenes of training garments
+    base = [f"data.root={scenes}", f"optim.iterations={iterations}", f"run.log_every={iterations}",
+            f"run.eval_every={iterations}", f"data.max_test={max_test}"]
+    selection = []
+    for t in timesteps:
+        for b in blocks:
+            metrics = _run(config, out / "select" / f"t{t}_b{b}", [
+                *base, f"optim.iterations={select_iterations}", f"run.log_every={select_iterations}",
+                f"run.eval_every={select_iterations}", f"data.test_root={held}", "data.test_split=train",
+                f"features.timesteps=[{t}]", f"features.blocks=[{b}]", "run.overlays=0"])
+            selection.append({"t": t, "b": b, "heldout_mIoU": metrics["mIoU"]})
+    best = max(selection, key=lambda r: r["heldout_mIoU"])
+    chosen = [f"features.timesteps=[{best['t']}]", f"features.blocks=[{best['b']}]"]
+    variants = [
+        Variant(f"shipped U-Net, b = {best['b']}", tuple(chosen)),
+        Variant(f"shipped U-Net, B = {{{', '.join(map(str, MULTI_BLOCKS))}}}",
+                (f"features.timesteps=[{best['t']}]", f"features.blocks={MULTI_BLOCKS}")),
+        Variant(f"random-init U-Net, b = {best['b']}", (*chosen, "model.pretrained=false")),
+        Variant("ResNet-18 from pixels (fine-tuned)", ("model.name=timm:resnet18", 'model.flags={image_size: 84}',
+                                                       "model.pretrained=false", "features.blocks=[1,2,3,4]",
+                                                       "run.finetune=true")),
+    ]
+    rows = []
+    for i, v in enumerate(variants):
+        runs = [_run(config, out / "final" / f"variant{i}_seed{seed}",
+                     [*base, *v.overrides, f"run.seed={seed}", f"run.overlays={4 if seed == 0 else 0}"])
+                for seed in range(seeds)]
+        values = [r["mIoU"] for r in runs]
+        rows.append({"variant": v.name, "folder": f"final/variant{i}_seed*", "mIoU": values,
+                     "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                     "aAcc": statistics.mean(r["aAcc"] for r in runs)})
+    summary = {"selection": selection, "chosen": best, "results": rows, "iterations": iterations,
+               "test_scenes": max_test, "heldout_scenes": heldout, "seeds": seeds}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
