@@ -45,7 +45,7 @@ def test_every_config_file_is_checked_here():
     """A new config without a check below fails this test."""
     on_disk = sorted(CONFIGS.glob("*.yaml"))
     assert on_disk, f"no configs found in {CONFIGS}"
-    others = [CONFIGS / f"{name}.yaml" for name in [*BACKBONE_CONFIGS, *SEGMENTATION_CONFIGS]]
+    others = [CONFIGS / f"{name}.yaml" for name in [*BACKBONE_CONFIGS, *SEGMENTATION_CONFIGS, "scenes_upernet_fmnist"]]
     assert sorted(HEAD_CONFIGS + PRETRAIN_CONFIGS + others) == on_disk
 
 
@@ -162,3 +162,13 @@ def test_segmentation_configs_follow_table_6_and_the_mae_recipe(name):
         model = create_model(cfg.model.name)
     sizes = [model.block_info(b).resolution for b in blocks]
     assert sizes == ([16] if len(blocks) == 1 else [128, 64, 32, 16]), "a ViT-L UperNet's input shapes"
+
+
+def test_the_scenes_config_runs_the_shipped_model_at_the_scenes_size():
+    from difrep.dense import load_segmentation_config
+
+    cfg = load_segmentation_config(CONFIGS / "scenes_upernet_fmnist.yaml")
+    assert cfg.task == "segmentation" and cfg.data.name == "scenes" and cfg.data.crop == 84
+    assert cfg.model.name == "adm-fmnist-28" and cfg.model.pretrained and not cfg.run.finetune
+    assert cfg.features.input_size == cfg.data.crop, "garments keep the 28-pixel scale the model was trained at"
+    assert len(cfg.features.timesteps) == 1 and len(cfg.features.blocks) == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from ..data.segmentation import IGNORE_INDEX
 
@@ -19,6 +18,9 @@ class SegmentationMetrics:
     """Accumulate predictions (class maps) against labels; :meth:`compute` gives mIoU, aAcc, per-class IoU."""
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu", ignore_index: int = IGNORE_INDEX) -> None:
+        # imported here: torchmetrics imports transformers when it is installed, which would slow every command
+        from torchmetrics.classification import MulticlassConfusionMatrix
+
         self.num_classes = num_classes
         self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, sync_on_compute=False,
                                                    validate_args=False).to(device)
