@@ -102,7 +102,7 @@ def plot_results(summary: dict[str, Any], path: Path) -> Path:
         ax.plot(r["mIoU"], [yi] * len(r["mIoU"]), "k.", ms=4)
     ax.set_yticks(y, [r["variant"] for r in rows])
     ax.set_xlabel(f"test mIoU (%), {summary['test_scenes']} scenes, {summary['seeds']} seeds")
-    ax.set_title(f"UperNet on the Fashion-MNIST scenes, {summary['iterations']} iterations of batch 8")
+    ax.set_title(f"UperNet on the scenes, {summary['iterations']} iterations of batch 8", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
