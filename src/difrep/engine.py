@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .distributed import init_distributed
-from .errors import UserError
+from .errors import MissingFileError, UserError
 from .utils.files import atomic_write
 from .utils.precision import autocast, precision_dtype
 
@@ -110,7 +110,12 @@ class Task(ABC):
         return self.module.state_dict()
 
     def load_trainable_state(self, weights: dict[str, torch.Tensor], source: Path) -> None:
-        self.module.load_state_dict(weights)
+        """Load :meth:`trainable_state` back; anything else missing or unexpected is an error naming ``source``."""
+        missing, unexpected = self.module.load_state_dict(weights, strict=False)
+        expected = set(self.trainable_state())
+        bad = sorted(k for k in missing if k in expected) + sorted(unexpected)
+        if bad:
+            raise UserError(f"{source} does not fit the model and head of its config: {bad[:5]}")
 
     def extra_state(self) -> dict[str, Any]:
         """More to save in checkpoints (an EMA copy, say)."""
@@ -121,6 +126,19 @@ class Task(ABC):
     def finish(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
         """Rank 0, once training is over: exports, and the summary returned by :meth:`Engine.run`."""
         return history[-1] if history else {}
+
+
+def read_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's ``last.pt`` (weights only) and its saved config with ``section.option`` overrides applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {path}: no such file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config = state["config"]
+    for key, value in (overrides or {}).items():
+        section, option = key.split(".", 1)
+        config[section][option] = value
+    return state, config
 
 
 class Engine:

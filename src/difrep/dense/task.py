@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from ..data import create_segmentation_dataset
 from ..data.loader import ShardSampler, StepBatches, default_workers, mix_seeds
 from ..data.seg_transforms import SegEvalTransform, SegTrainTransform
-from ..engine import Engine, EngineSettings, Task
-from ..errors import MissingFileError, UserError
+from ..engine import Engine, EngineSettings, Task, read_checkpoint
+from ..errors import UserError
 from ..features.noise import image_seed
 from ..utils.files import file_sha256
 from ..utils.precision import autocast, precision_dtype
@@ -156,13 +156,6 @@ class SegmentationTask(Task):
         return {k: v for k, v in self.net.state_dict().items()
                 if self.cfg.run.finetune or not k.startswith(prefix) or k in with_head}
 
-    def load_trainable_state(self, weights: dict[str, torch.Tensor], source: Path) -> None:
-        missing, unexpected = self.net.load_state_dict(weights, strict=False)
-        expected = set(self.trainable_state())
-        bad = sorted(k for k in missing if k in expected) + sorted(unexpected)
-        if bad:
-            raise UserError(f"{source} does not fit the model and head of its config: {bad[:5]}")
-
     def batches(self, period: int, first_step: int) -> Iterable[Any]:
         o, r = self.cfg.optim, self.cfg.run
         stop = min((period + 1) * r.log_every, o.iterations)
@@ -278,13 +271,7 @@ def train_segmentation(cfg: SegmentationConfig) -> dict[str, Any]:
 def evaluate_segmentation_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rebuild a segmentation run from its checkpoint and evaluate it (any number of processes)."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint {path}: no such file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    data = state["config"]
-    for key, value in (overrides or {}).items():
-        section, option = key.split(".", 1)
-        data[section][option] = value
+    state, data = read_checkpoint(path, overrides)
     task = SegmentationTask(segmentation_config_from_dict(data))
     task.load_trainable_state(state["weights"], path)
     return {**task.evaluate(), "per_class_iou": dict(zip(task.classes, task._last_eval["per_class_iou"])),

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..data import build_loader, build_transform, load_split
-from ..engine import Engine, EngineSettings, Task
-from ..errors import MissingFileError, UserError
+from ..engine import Engine, EngineSettings, Task, read_checkpoint
+from ..errors import UserError
 from ..evaluation.metrics import count_classes
 from ..features import FeatureExtractor
 from ..features.cache import CachedFeatures, FeatureCache, FeatureKey
@@ -254,14 +254,6 @@ class ClassificationTask(Task):
         return {k: v for k, v in self.classifier.state_dict().items()
                 if k in with_head or not any(k.startswith(p) and p != kept for p in prefixes)}
 
-    def load_trainable_state(self, weights: dict[str, torch.Tensor], source: Path) -> None:
-        """Load :meth:`trainable_state` back; anything else missing or unexpected is an error naming ``source``."""
-        missing, unexpected = self.classifier.load_state_dict(weights, strict=False)
-        expected = set(self.trainable_state())
-        bad = sorted(k for k in missing if k in expected) + sorted(unexpected)
-        if bad:
-            raise UserError(f"{source} does not fit the model and head of its config: {bad[:5]}")
-
     def train_loader(self, epoch: int) -> DataLoader:
         loader = build_loader(self.train_data, self.cfg.optim.batch_size, train=True, workers=self.cfg.data.workers,
                               distributed=self.world > 1, seed=self.cfg.run.seed)
@@ -323,13 +315,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rebuild a run from its checkpoint and evaluate it on its test split (any number of processes)."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint {path}: no such file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    data = state["config"]
-    for key, value in (overrides or {}).items():
-        section, option = key.split(".", 1)
-        data[section][option] = value
+    state, data = read_checkpoint(path, overrides)
     cfg = config_from_dict(data)
     task = ClassificationTask(cfg)
     if task.num_classes != state["num_classes"]:
