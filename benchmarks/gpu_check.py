@@ -28,9 +28,12 @@ Checks (each in its own try/except, so one failure hides nothing else; exit code
 5. segmentation: ``train_segmentation`` end to end (UperNet on the ADM's frozen features, bf16 on CUDA) on a
    tiny ADE20K-layout data set written to a temporary folder, slide evaluation counting every pixel, and
    ``evaluate_segmentation_checkpoint`` of its checkpoint giving the same mIoU.
-6. knn / cka: ``knn_accuracy`` and ``cka_matrix`` (exact, and the minibatch estimate) on device tensors
+6. detection: ``train_detection`` end to end (Mask R-CNN on the ADM's frozen features, bf16 on CUDA) on a tiny
+   COCO-layout data set of discs written to a temporary folder, COCOeval over every test image, and
+   ``evaluate_detection_checkpoint`` of its checkpoint giving the same box and mask AP.
+7. knn / cka: ``knn_accuracy`` and ``cka_matrix`` (exact, and the minibatch estimate) on device tensors
    give the same results as on CPU tensors.
-7. ddp: with 2 or more GPUs, ``torchrun --nproc_per_node 2 -m difrep.cli.main train ...`` (NCCL) on the
+8. ddp: with 2 or more GPUs, ``torchrun --nproc_per_node 2 -m difrep.cli.main train ...`` (NCCL) on the
    tiny data set next to a 1-process run of the same global batch: both count every test image once,
    and a 1-process ``difrep evaluate`` of the 2-process checkpoint gives the 2-process run's accuracy.
 
@@ -457,6 +460,72 @@ def check_segmentation(setup: Setup) -> dict[str, Any]:
                                                    "re-evaluation agrees"}
 
 
+def _write_coco_dataset(root: Path, size: int, train: int, test: int) -> None:
+    """images/{train,val}/ and annotations/instances_{train,val}.json: one or two bright discs (one category)."""
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("val", test)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            pixels = rng.integers(0, 100, (size, size, 3), dtype=np.uint8)
+            for _ in range(1 + i % 2):
+                cy, cx = rng.integers(size // 4, 3 * size // 4, 2).tolist()
+                disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (size // 6) ** 2
+                pixels[disc] = 200
+                rle = mask_utils.encode(np.asfortranarray(disc.astype(np.uint8)))
+                ys, xs = np.nonzero(disc)
+                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                                    "area": int(disc.sum()), "segmentation": {"size": [size, size],
+                                                                              "counts": rle["counts"].decode()},
+                                    "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                                             int(ys.max() - ys.min() + 1)]})
+            Image.fromarray(pixels).save(root / "images" / split / f"{i}.png")
+            images.append({"id": i + 1, "file_name": f"{i}.png", "height": size, "width": size})
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "disc"}]}))
+
+
+def check_detection(setup: Setup) -> dict[str, Any]:
+    """Mask R-CNN end to end on the device (bf16 on CUDA): training, COCOeval, checkpoint re-evaluation."""
+    import torch
+
+    from difrep.dense import evaluate_detection_checkpoint, load_detection_config, train_detection
+
+    size = 64
+    root = setup.tmp / "detection"
+    _write_coco_dataset(root, size, train=8, test=4)
+    out = setup.tmp / "detection_run"
+    overrides = {
+        "task": "detection", "model.name": "adm", "model.flags": json.dumps(setup.train_flags),
+        "data.root": str(root), "data.check": "false", "data.workers": 2, "data.size": size,
+        "data.scale_range": "[0.8, 1.25]", "features.timesteps": "[75]", "features.blocks": f"[{setup.train_block}]",
+        "features.input_size": setup.train_flags["image_size"], "head.out_channels": 32, "head.box_head": "mlp",
+        "head.representation": 64, "head.mask_convs": 2, "head.roi_batch": 64, "optim.batch_size": 4,
+        "optim.iterations": 4, "optim.warmup": 1, "optim.lr": 1e-3, "run.log_every": 4, "run.eval_every": 4,
+        "run.precision": "bf16" if setup.cuda else "fp32", "run.out": str(out), "run.progress": "false",
+        "run.tensorboard": "false", "run.draw": 2,
+    }
+    metrics = train_detection(load_detection_config(None, [f"{k}={v}" for k, v in overrides.items()]))
+    if setup.cuda and torch.cuda.max_memory_allocated() == 0:
+        raise AssertionError("nothing was allocated on the GPU: the detection task did not run there")
+    if not math.isfinite(metrics["loss"]) or not 0 <= metrics["bbox_AP"] <= 100 or metrics["images"] != 4:
+        raise AssertionError(f"loss {metrics['loss']}, box AP {metrics['bbox_AP']}, {metrics['images']} images")
+    again = evaluate_detection_checkpoint(out / "last.pt", {"run.progress": False})
+    if (again["bbox_AP"], again["segm_AP"]) != (metrics["bbox_AP"], metrics["segm_AP"]):
+        raise AssertionError(f"evaluate_detection_checkpoint gives {again['bbox_AP']}/{again['segm_AP']}, training "
+                             f"{metrics['bbox_AP']}/{metrics['segm_AP']}")
+    if not (out / "predictions.png").is_file():
+        raise AssertionError("predictions.png was not written")
+    return {"ips": 16 / metrics["seconds"], "note": f"loss {metrics['loss']:.3f}, box AP {metrics['bbox_AP']:.1f}, "
+                                                   f"mask AP {metrics['segm_AP']:.1f}, re-evaluation agrees"}
+
+
 def check_knn(setup: Setup) -> dict[str, Any]:
     import torch
 
@@ -559,6 +628,7 @@ def all_checks(setup: Setup) -> list[tuple[str, Callable[[Setup], dict[str, Any]
         label = f"train() {precision} {head}{' finetune' if finetune else ''}, 1 epoch, eval + checkpoint"
         checks.append((label, make_train_check(precision, head, finetune)))
     checks.append(("segmentation: UperNet train + slide eval + checkpoint", check_segmentation))
+    checks.append(("detection: Mask R-CNN train + COCOeval + checkpoint", check_detection))
     checks.append(("knn_accuracy on device = cpu", check_knn))
     checks.append(("cka_matrix exact + minibatch on device = cpu", check_cka))
     checks.append(("DDP 2 processes (NCCL) vs 1 process", check_ddp))

@@ -45,7 +45,8 @@ def test_every_config_file_is_checked_here():
     """A new config without a check below fails this test."""
     on_disk = sorted(CONFIGS.glob("*.yaml"))
     assert on_disk, f"no configs found in {CONFIGS}"
-    others = [CONFIGS / f"{name}.yaml" for name in [*BACKBONE_CONFIGS, *SEGMENTATION_CONFIGS, "scenes_upernet_fmnist"]]
+    others = [CONFIGS / f"{name}.yaml" for name in [*BACKBONE_CONFIGS, *SEGMENTATION_CONFIGS, "scenes_upernet_fmnist",
+                                                       "coco_maskrcnn_gd_b24", "scenes_maskrcnn_fmnist"]]
     assert sorted(HEAD_CONFIGS + PRETRAIN_CONFIGS + others) == on_disk
 
 
@@ -172,3 +173,30 @@ def test_the_scenes_config_runs_the_shipped_model_at_the_scenes_size():
     assert cfg.model.name == "adm-fmnist-28" and cfg.model.pretrained and not cfg.run.finetune
     assert cfg.features.input_size == cfg.data.crop, "garments keep the 28-pixel scale the model was trained at"
     assert len(cfg.features.timesteps) == 1 and len(cfg.features.blocks) == 1
+
+
+def test_the_coco_config_follows_figure_8_and_the_vitdet_recipe():
+    from difrep.dense import DetectionBackbone, load_detection_config
+
+    cfg = load_detection_config(CONFIGS / "coco_maskrcnn_gd_b24.yaml")
+    assert cfg.task == "detection" and cfg.model.name == "adm-256-uncond" and not cfg.run.finetune
+    assert (cfg.features.timesteps, cfg.features.blocks) == ([75], [24]), "Figure 8's t and b"
+    assert (cfg.optim.epochs, cfg.optim.batch_size) == (10, 4), "the paper's schedule"
+    assert (cfg.data.size, cfg.data.scale_range, cfg.optim.weight_decay, cfg.optim.milestones) == (
+        1024, [0.1, 2.0], 0.1, [0.889, 0.963]), "ViTDet's recipe"
+    assert (cfg.head.box_head, cfg.head.mask_convs, cfg.head.rpn_convs, cfg.head.out_channels) == ("conv", 4, 2, 256)
+    with torch.device("meta"):
+        model = create_model(cfg.model.name)
+        backbone = DetectionBackbone(model, 75, 24, cfg.features.input_size, cfg.data.size)
+    info = model.block_info(24)
+    assert info.reduction == 16 and backbone.unet_size(1024, 1024) == (1024, 1024), "b = 24 is the stride-16 map"
+
+
+def test_the_scenes_detection_config_sees_garments_at_the_trained_scale():
+    from difrep.dense import load_detection_config
+
+    cfg = load_detection_config(CONFIGS / "scenes_maskrcnn_fmnist.yaml")
+    assert cfg.task == "detection" and cfg.model.name == "adm-fmnist-28" and cfg.model.pretrained
+    scenes = 84
+    assert cfg.features.input_size == scenes and cfg.data.size % 32 == 0, "the U-Net sees scenes at their 84 px"
+    assert (cfg.features.timesteps, cfg.features.blocks) == ([50], [13]), "the segmentation study's choice"

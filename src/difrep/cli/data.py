@@ -7,10 +7,12 @@ from functools import partial
 
 from ..data import (
     CATALOG,
+    CocoDetection,
     DatasetLayoutError,
     ImageDataset,
     SegmentationDataset,
     create_dataset,
+    create_detection_dataset,
     create_segmentation_dataset,
     find_unreadable,
     load_labels,
@@ -52,13 +54,20 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         try:
             if spec.kind == "segmentation":
                 ds = create_segmentation_dataset(args.name, args.path, split, check=False)
+            elif spec.kind == "detection":
+                ds = create_detection_dataset(args.name, args.path, split, check=False)
             else:
                 ds = create_dataset(args.name, args.path, split, check=False, **options)
-        except (DatasetLayoutError, FileNotFoundError, ValueError) as err:
+        except (DatasetLayoutError, FileNotFoundError, ValueError, UserError) as err:
             print(f"{split:8} {'-':>8} {'-':>10} {'-':>10}  error: {err}")
             failed = True
             continue
-        classes = ds.num_classes if isinstance(ds, SegmentationDataset) else len(set(ds.targets))
+        if isinstance(ds, SegmentationDataset):
+            classes = ds.num_classes
+        elif isinstance(ds, CocoDetection):
+            classes = len(ds.classes)
+        else:
+            classes = len(set(ds.targets))
         expected = spec.counts.get("test" if split == "val" else split)
         status = "ok"
         try:
@@ -70,6 +79,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         if args.verify and isinstance(ds, ImageDataset):
             workers = default_workers() if args.workers is None else args.workers
             bad = find_unreadable([p for p, _ in ds.samples], workers)
+            for msg in bad:
+                print(f"  {msg}")
+            print(f"  decoded {len(ds) - len(bad):,} of {len(ds):,} images")
+            failed |= bool(bad)
+        if args.verify and isinstance(ds, CocoDetection):
+            workers = default_workers() if args.workers is None else args.workers
+            bad = find_unreadable([ds.image_dir / ds.coco.imgs[i]["file_name"] for i in ds.image_ids], workers)
             for msg in bad:
                 print(f"  {msg}")
             print(f"  decoded {len(ds) - len(bad):,} of {len(ds):,} images")

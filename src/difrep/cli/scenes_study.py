@@ -1,25 +1,29 @@
-"""``difrep scenes-study``: UperNet on the shipped model's features against a random-init copy and a CNN."""
+"""``difrep scenes-study``: UperNet (or Mask R-CNN) on the shipped model's features against a random-init copy."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..data.fashion_mnist import DEBIAN_FASHION_MNIST
+from ..dense.detection_study import run_detection_study
 from ..dense.study import run_scenes_study
 from ..errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("scenes-study", help="segmentation on the Fashion-MNIST scenes (docs/dense.md)",
-                       description="Choose t and b on held-out training scenes, then train UperNet on the shipped "
-                       "model's frozen features (one block and four), on a random-init copy, and on a ResNet-18 "
-                       "from pixels, for several seeds. Rerun to resume.")
+    p = sub.add_parser("scenes-study", help="segmentation or detection on the Fashion-MNIST scenes (docs/dense.md)",
+                       description="--task segmentation: choose t and b on held-out training scenes, then train "
+                       "UperNet on the shipped model's frozen features (one block and four), on a random-init copy, "
+                       "and on a ResNet-18 from pixels. --task detection: Mask R-CNN on the shipped model's frozen "
+                       "features and on a random-init copy's (t = 50, b = 13). Several seeds; rerun to resume.")
+    p.add_argument("--task", choices=["segmentation", "detection"], default="segmentation")
     p.add_argument("--scenes", required=True, help="folder written by difrep data make-scenes")
     p.add_argument("--fashion-root", default=str(DEBIAN_FASHION_MNIST))
-    p.add_argument("--config", default="configs/scenes_upernet_fmnist.yaml")
+    p.add_argument("--config", help="default: configs/scenes_upernet_fmnist.yaml (segmentation), "
+                   "configs/scenes_maskrcnn_fmnist.yaml (detection)")
     p.add_argument("--out", required=True)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--iterations", type=int, help="per run (default 300 for segmentation, 250 for detection)")
     p.add_argument("--select-iterations", type=int, default=150)
     p.add_argument("--max-test", type=int, default=200, help="test scenes evaluated (default 200)")
     p.set_defaults(run=run)
@@ -28,7 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise UserError(f"unexpected arguments {extra}")
-    summary = run_scenes_study(args.scenes, args.fashion_root, args.out, args.config, args.seeds, args.iterations,
+    if args.task == "detection":
+        summary = run_detection_study(args.scenes, args.out, args.config or "configs/scenes_maskrcnn_fmnist.yaml",
+                                      args.seeds, args.iterations or 250, args.max_test)
+        for row in summary["results"]:
+            print(f"{row['variant']:35} box AP {row['bbox_AP_mean']:5.1f} +- {row['bbox_AP_std']:.1f}, "
+                  f"mask AP {row['segm_AP_mean']:5.1f} +- {row['segm_AP_std']:.1f}")
+        return 0
+    summary = run_scenes_study(args.scenes, args.fashion_root, args.out,
+                               args.config or "configs/scenes_upernet_fmnist.yaml", args.seeds, args.iterations or 300,
                                args.select_iterations, args.max_test)
     best = summary["chosen"]
     print(f"chosen on held-out training scenes: t={best['t']}, b={best['b']} ({best['heldout_mIoU']:.1f} mIoU)")

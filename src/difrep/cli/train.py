@@ -10,7 +10,14 @@ from typing import Any
 import torch
 import yaml
 
-from ..dense import SegmentationConfig, evaluate_segmentation_checkpoint, train_segmentation
+from ..dense import (
+    DetectionConfig,
+    SegmentationConfig,
+    evaluate_detection_checkpoint,
+    evaluate_segmentation_checkpoint,
+    train_detection,
+    train_segmentation,
+)
 from ..errors import MissingFileError, UserError
 from ..training import TrainConfig, evaluate_checkpoint, load_config, train
 from ..utils.config import parse_override, read_options
@@ -19,7 +26,7 @@ from ..utils.config import parse_override, read_options
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a head (resumes from run.out/last.pt)",
                        description="Train a head on diffusion features (task: classification, the default, or "
-                       "segmentation: UperNet). CONFIG is a YAML file (see configs/); "
+                       "segmentation: UperNet, or detection: Mask R-CNN). CONFIG is a YAML file (see configs/); "
                        "any option can be overridden as section.option=value, e.g. optim.lr=0.01 "
                        "features.blocks=[19,24]. Under torchrun, training is data-parallel.")
     p.add_argument("config", nargs="?", help="YAML config (defaults apply to what it leaves out)")
@@ -32,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_evaluate, accepts_extra=True)
 
 
-TASKS = {"classification": TrainConfig, "segmentation": SegmentationConfig}
+TASKS = {"classification": TrainConfig, "segmentation": SegmentationConfig, "detection": DetectionConfig}
+EVALUATORS = {"classification": evaluate_checkpoint, "segmentation": evaluate_segmentation_checkpoint,
+              "detection": evaluate_detection_checkpoint}
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str], schema: type | None = None) -> Any:
@@ -44,7 +53,7 @@ def config_from_args(args: argparse.Namespace, extra: list[str], schema: type | 
     if schema is None:
         task = read_options(config, extra).get("task", "classification")
         if task not in TASKS:
-            raise UserError(f"task={task!r}: use {' or '.join(TASKS)}")
+            raise UserError(f"task={task!r}: use {', '.join(TASKS)}")
         schema = TASKS[task]
     cfg = load_config(config, extra, schema=schema)
     if args.print_config:
@@ -62,6 +71,11 @@ def run_train(args: argparse.Namespace, extra: list[str]) -> int:
         if "checkpoint" in metrics:
             print(f"mIoU {metrics['mIoU']:.2f}%, aAcc {metrics['aAcc']:.2f}% ({cfg.run.out}/metrics.json)")
         return 0
+    if isinstance(cfg, DetectionConfig):
+        metrics = train_detection(cfg)
+        if "checkpoint" in metrics:
+            print(f"box AP {metrics['bbox_AP']:.2f}, mask AP {metrics['segm_AP']:.2f} ({cfg.run.out}/metrics.json)")
+        return 0
     metrics = train(cfg)
     if "checkpoint" in metrics:
         print(f"top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}% ({cfg.run.out}/metrics.json)")
@@ -74,8 +88,9 @@ def run_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path}: no such file")
     task = torch.load(path, map_location="cpu", weights_only=True)["config"].get("task", "classification")
-    evaluate = evaluate_segmentation_checkpoint if task == "segmentation" else evaluate_checkpoint
-    result = evaluate(path, overrides)
+    if task not in EVALUATORS:
+        raise UserError(f"{path}: its config has task={task!r}, which difrep cannot evaluate")
+    result = EVALUATORS[task](path, overrides)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text)

@@ -4,10 +4,12 @@ from .catalog import (
     ADE20K_CLASSES,
     CATALOG,
     create_dataset,
+    create_detection_dataset,
     create_segmentation_dataset,
     list_datasets,
     load_split,
 )
+from .coco import CocoDetection, LargeScaleJitter, find_coco
 from .fashion_mnist import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
 from .images import (
     ImageDataset,
@@ -35,11 +37,13 @@ from .transforms import build_transform
 __all__ = [
     "ADE20K_CLASSES",
     "CATALOG",
+    "CocoDetection",
     "DEBIAN_FASHION_MNIST",
     "DatasetLayoutError",
     "IGNORE_INDEX",
     "ImageDataset",
     "ImageList",
+    "LargeScaleJitter",
     "SegEvalTransform",
     "SegTrainTransform",
     "SegmentationDataset",
@@ -52,7 +56,9 @@ __all__ = [
     "build_transform",
     "collate_skipping",
     "create_dataset",
+    "create_detection_dataset",
     "create_segmentation_dataset",
+    "find_coco",
     "find_unreadable",
     "list_datasets",
     "load_fashion_mnist",

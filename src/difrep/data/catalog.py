@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from ..errors import UserError
-from . import readers, segmentation
+from . import coco, readers, segmentation
 from .fashion_mnist import load_fashion_mnist
 from .images import ImageDataset, ImageList, OnError, TensorImageDataset
 from .readers import DatasetLayoutError
@@ -50,7 +50,7 @@ class DatasetSpec:
     num_classes: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
     layout: str = ""
-    kind: str = "classification"  # or "segmentation": then read gives (image, mask) pairs
+    kind: str = "classification"  # or "segmentation" ((image, mask) pairs), or "detection" (COCO instances)
     classes: tuple[str, ...] = ()  # segmentation: the names of classes 0..K-1, which masks do not carry
 
 
@@ -113,6 +113,9 @@ CATALOG: dict[str, DatasetSpec] = {
         "as ade20k, with *.png images (written by difrep.data.scenes)", kind="segmentation",
         classes=SCENES_CLASSES,
     ),
+    "coco": DatasetSpec(
+        "COCO 2017 instances", None, 80, {"train": 118_287, "test": 5_000}, coco.COCO_LAYOUT, kind="detection",
+    ),
 }
 
 
@@ -125,7 +128,8 @@ def _spec(name: str, kind: str) -> DatasetSpec:
         raise UserError(f"unknown data set {name!r}: available are {', '.join(CATALOG)}")
     spec = CATALOG[name]
     if spec.kind != kind:
-        maker = "create_segmentation_dataset" if spec.kind == "segmentation" else "create_dataset"
+        maker = {"segmentation": "create_segmentation_dataset", "detection": "create_detection_dataset"}.get(
+            spec.kind, "create_dataset")
         raise UserError(f"{name!r} is a {spec.kind} data set: load it with difrep.data.{maker}")
     return spec
 
@@ -213,3 +217,23 @@ def load_split(
     if per_class:
         data = Subset(data, balanced_subset(data.targets, per_class=per_class, seed=seed))
     return data, classes
+
+
+def create_detection_dataset(
+    name: str,
+    root: str | Path,
+    split: str = "train",
+    train_transform: coco.DetectionTransform | None = None,
+    keep_empty: bool = True,
+    check: bool = True,
+) -> coco.CocoDetection:
+    """A COCO-layout data set whose samples are ``(image, target, index)``; see :class:`~.coco.CocoDetection`.
+
+    ``check`` compares the image count of the annotation file (empty images included) and the number of
+    categories with COCO 2017's; ``keep_empty=False`` then drops images without a usable annotation.
+    """
+    _spec(name, "detection")
+    dataset = coco.create_coco_dataset(root, split, train_transform, keep_empty)
+    if check:
+        check_counts(name, root, split, len(dataset.classes), len(dataset.coco.imgs))
+    return dataset

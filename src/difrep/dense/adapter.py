@@ -24,6 +24,30 @@ from ..models import Backbone
 STRIDES = (4, 8, 16, 32)
 
 
+def size_multiple(backbone: Backbone) -> int:
+    """What a U-Net's input sides must be a multiple of (its skips meet the upsampled maps exactly); 1 otherwise."""
+    if not any(i.stage == "decoder" for i in backbone.feature_info):
+        return 1
+    return max(info.reduction for info in backbone.feature_info)
+
+
+def noisy_features(backbone: Backbone, images: torch.Tensor, t: int, noise: torch.Tensor | None,
+                   blocks: Sequence[int], feedback: Feedback | None = None) -> dict[int, torch.Tensor]:
+    """Blocks of ``backbone`` on ``images`` in [-1, 1] noised to step ``t`` with ``noise`` (None without t)."""
+    x0 = backbone.encode(images)
+    steps = torch.full((len(x0),), t, dtype=torch.long, device=x0.device)
+    if backbone.takes_timestep:
+        if noise is None or noise.shape != x0.shape:
+            raise UserError(f"noise must be {tuple(x0.shape)} for these images, got "
+                            f"{None if noise is None else tuple(noise.shape)}")
+        x0 = backbone.diffusion.q_sample(x0, steps, noise.to(x0))
+    additions = None
+    if feedback is not None:
+        additions = feedback(feedback.first_pass(x0, steps), x0.shape[-1])
+    return backbone.forward_intermediates(x0, steps, indices=sorted(set(blocks)), stop_early=True,
+                                         **({"feedback": additions} if additions else {}))
+
+
 class DenseFeatures(nn.Module):
     """Images [N, 3, crop, crop] in [-1, 1] to four maps [N, channels, crop / s, crop / s], s = 4, 8, 16, 32."""
 
@@ -37,8 +61,7 @@ class DenseFeatures(nn.Module):
             raise UserError(f"features.blocks={list(blocks)}: give 1 block (all levels) or {len(STRIDES)} (one a level)")
         by_size = sorted(set(self.blocks), key=lambda b: -backbone.block_info(b).resolution)
         self.levels = by_size * len(STRIDES) if len(by_size) == 1 else by_size
-        has_decoder = any(i.stage == "decoder" for i in backbone.feature_info)
-        coarsest = max(info.reduction for info in backbone.feature_info) if has_decoder else 1
+        coarsest = size_multiple(backbone)
         if input_size < 1 or input_size % coarsest:  # a U-Net's skips must meet the upsampled maps exactly
             raise UserError(f"features.input_size={input_size}: use a positive multiple of {coarsest}, this U-Net's "
                             "coarsest reduction")
@@ -66,19 +89,8 @@ class DenseFeatures(nn.Module):
         x = images
         if crop != self.input_size:
             x = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        x0 = self.backbone.encode(x)
-        steps = torch.full((len(x0),), self.t, dtype=torch.long, device=x0.device)
-        if self.backbone.takes_timestep:
-            if noise is None or noise.shape != x0.shape:
-                raise UserError(f"noise must be {tuple(x0.shape)} for these images, got "
-                                f"{None if noise is None else tuple(noise.shape)}")
-            x0 = self.backbone.diffusion.q_sample(x0, steps, noise.to(x0))
         with self._grad():
-            additions = None
-            if self.feedback is not None:
-                additions = self.feedback(self.feedback.first_pass(x0, steps), x0.shape[-1])
-            feats = self.backbone.forward_intermediates(x0, steps, indices=sorted(set(self.blocks)), stop_early=True,
-                                                        **({"feedback": additions} if additions else {}))
+            feats = noisy_features(self.backbone, x, self.t, noise, self.blocks, self.feedback)
         out = []
         for b, stride in zip(self.levels, STRIDES):
             f = self.proj[str(b)](feats[b].float())

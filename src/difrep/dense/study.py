@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,13 @@ class Variant:
     overrides: tuple[str, ...]
 
 
-def _run(config: Path, out: Path, overrides: Sequence[str]) -> dict[str, Any]:
+def run_once(config: Path, out: Path, overrides: Sequence[str], load: Callable[..., Any] = load_segmentation_config,
+         train: Callable[[Any], dict[str, Any]] = train_segmentation) -> dict[str, Any]:
+    """One engine run of the study, or its saved metrics when it finished before."""
     done = out / "metrics.json"
     if done.is_file():
         return json.loads(done.read_text())
-    cfg = load_segmentation_config(config, [*overrides, f"run.out={out}", "run.progress=false", "run.tensorboard=false"])
-    return train_segmentation(cfg)
+    return train(load(config, [*overrides, f"run.out={out}", "run.progress=false", "run.tensorboard=false"]))
 
 
 def run_scenes_study(scenes: str | Path, fashion_root: str | Path, out: str | Path, config: str | Path,
@@ -52,7 +53,7 @@ def run_scenes_study(scenes: str | Path, fashion_root: str | Path, out: str | Pa
     selection = []
     for t in timesteps:
         for b in blocks:
-            metrics = _run(config, out / "select" / f"t{t}_b{b}", [
+            metrics = run_once(config, out / "select" / f"t{t}_b{b}", [
                 *base, f"optim.iterations={select_iterations}", f"run.log_every={select_iterations}",
                 f"run.eval_every={select_iterations}", f"data.test_root={held}", "data.test_split=train",
                 f"features.timesteps=[{t}]", f"features.blocks=[{b}]", "run.overlays=0"])
@@ -71,7 +72,7 @@ def run_scenes_study(scenes: str | Path, fashion_root: str | Path, out: str | Pa
     results: dict[tuple[int, int], dict[str, Any]] = {}
     for seed in range(seeds):  # every variant's first seed before any second one: a cut-short study still compares
         for i, v in enumerate(variants):
-            results[i, seed] = _run(config, out / "final" / f"variant{i}_seed{seed}",
+            results[i, seed] = run_once(config, out / "final" / f"variant{i}_seed{seed}",
                                     [*base, *v.overrides, f"run.seed={seed}", f"run.overlays={4 if seed == 0 else 0}"])
     rows = []
     for i, v in enumerate(variants):

@@ -31,6 +31,7 @@ from ..data.seg_transforms import SegEvalTransform, SegTrainTransform
 from ..engine import Engine, EngineSettings, Task, read_checkpoint
 from ..errors import UserError
 from ..features.noise import image_seed
+from ..models import Backbone
 from ..utils.files import file_sha256
 from ..utils.precision import autocast, precision_dtype
 from .adapter import DenseFeatures
@@ -42,7 +43,7 @@ from .upernet import UperNet
 LOG_FIELDS = ("step", "loss", "loss_main", "loss_aux", "lr", "mIoU", "aAcc", "images_per_s", "seconds")
 
 
-class _SeededSteps(Sampler[list[tuple[int, int]]]):
+class SeededSteps(Sampler[list[tuple[int, int]]]):
     """:class:`StepBatches` whose items carry their augmentation seed: (index, seed of (run seed, step, position))."""
 
     def __init__(self, steps: StepBatches, seed: int) -> None:
@@ -56,6 +57,16 @@ class _SeededSteps(Sampler[list[tuple[int, int]]]):
         for step, batch in enumerate(s, start=s.start):
             first = s.rank * s.batch
             yield [(i, mix_seeds(self.seed, step, first + k, 3)) for k, i in enumerate(batch)]
+
+
+def trainable_weights(state: dict[str, torch.Tensor], prefix: str, backbone: Backbone, finetune: bool
+                      ) -> dict[str, torch.Tensor]:
+    """``state`` without the backbone's tensors (under ``prefix``) unless it is fine-tuned, keeping what the
+    backbone trains with a head (Stable Diffusion's learnable text, say)."""
+    if finetune:
+        return state
+    with_head = {prefix + n for n, p in backbone.named_parameters() if any(p is q for q in backbone.trainable_with_head())}
+    return {k: v for k, v in state.items() if not k.startswith(prefix) or k in with_head}
 
 
 def _first(data: Dataset, n: int | None) -> Dataset:
@@ -150,18 +161,14 @@ class SegmentationTask(Task):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """UperNet and the 1x1 maps, plus the backbone when fine-tuning (or what it trains with a head); a
         frozen backbone is rebuilt from model.name / checkpoint, never saved."""
-        prefix = "features.backbone."
-        with_head = {prefix + n for n, p in self.model.named_parameters()
-                     if any(p is q for q in self.model.trainable_with_head())}
-        return {k: v for k, v in self.net.state_dict().items()
-                if self.cfg.run.finetune or not k.startswith(prefix) or k in with_head}
+        return trainable_weights(self.net.state_dict(), "features.backbone.", self.model, self.cfg.run.finetune)
 
     def batches(self, period: int, first_step: int) -> Iterable[Any]:
         o, r = self.cfg.optim, self.cfg.run
         stop = min((period + 1) * r.log_every, o.iterations)
         steps = StepBatches(len(self.train_data), o.batch_size, r.seed, first_step, stop, self.rank, self.world)
         workers = default_workers() if self.cfg.data.workers is None else self.cfg.data.workers
-        return DataLoader(self.train_data, batch_sampler=_SeededSteps(steps, r.seed), num_workers=workers,
+        return DataLoader(self.train_data, batch_sampler=SeededSteps(steps, r.seed), num_workers=workers,
                           pin_memory=torch.cuda.is_available())
 
     def begin_period(self, period: int) -> None:

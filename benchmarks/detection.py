@@ -1,0 +1,129 @@
+"""Mask R-CNN speed and peak memory: training and inference images per second on frozen diffusion features.
+
+Two settings: the paper's (ADM-256 b = 24 at t = 75, ViTDet's heads; the detector and U-Net at --size,
+1024 in configs/coco_maskrcnn_gd_b24.yaml) and the scenes benchmark's (the shipped adm-fmnist-28, b = 13,
+the narrow heads of configs/scenes_maskrcnn_fmnist.yaml, 256-pixel crops). Each (setting, mode) runs in a
+fresh process, so its peak memory is its own (CPU: peak resident memory, the U-Net included; CUDA: peak
+allocated device memory). Random weights for ADM-256 (no download), random images with 8 box-shaped
+objects each; training = forward, backward and AdamW step of the batch; inference = one image at a time,
+as difrep evaluates.
+
+    python benchmarks/detection.py                          # CPU: paper setting at 512, batch 1
+    python benchmarks/detection.py --device cuda --size 1024 --batch 4 --iterations 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+SETTINGS = ("paper: adm-256-uncond b=24, ViTDet heads", "scenes: adm-fmnist-28 b=13, narrow heads")
+
+
+def _build(setting: str, size: int, device: str):
+    from difrep import create_model
+    from difrep.dense import DetectionBackbone, MaskRCNNConfig, build_mask_rcnn
+
+    torch.manual_seed(0)
+    if setting.startswith("paper"):
+        model, t, block, input_size, head = create_model("adm-256-uncond"), 75, 24, size, MaskRCNNConfig()
+        classes = 80
+    else:
+        model, t, block, input_size = create_model("adm-fmnist-28", pretrained=True), 50, 13, 84
+        size, classes = 256, 10
+        head = MaskRCNNConfig(out_channels=64, rpn_convs=1, box_head="mlp", representation=256, mask_convs=2,
+                              roi_batch=128, rpn_post_nms_train=1000, rpn_post_nms_test=500)
+    model.freeze()
+    model.prune_intermediate_layers([block])
+    backbone = DetectionBackbone(model, t, block, input_size, size, head.out_channels, head.channels)
+    net = build_mask_rcnn(backbone, classes, head).to(device)
+    model.eval()
+    return net, size, classes
+
+
+def _targets(n: int, size: int, classes: int, device: str, gen: torch.Generator) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for _ in range(n):
+        corner = torch.randint(0, size // 2, (8, 2), generator=gen)
+        extent = torch.randint(size // 16, size // 2, (8, 2), generator=gen)
+        boxes = torch.cat([corner, corner + extent], 1).float()
+        masks = torch.zeros(8, size, size, dtype=torch.uint8)
+        for k, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+            masks[k, y0:y1, x0:x1] = 1
+        out.append({"boxes": boxes.to(device), "labels": torch.randint(1, classes + 1, (8,), generator=gen).to(device),
+                    "masks": masks.to(device)})
+    return out
+
+
+def run_case(setting: str, mode: str, device: str, batch: int, iterations: int, size: int) -> dict:
+    net, size, classes = _build(setting, size, device)
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, size, size, generator=gen).to(device) for _ in range(batch if mode == "train" else 1)]
+    if mode == "train":
+        net.train()
+        net.backbone.backbone.eval()
+        targets = _targets(batch, size, classes, device, gen)
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1)
+
+        def step() -> None:
+            loss = sum(net(images, targets).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    else:
+        net.eval()
+
+        @torch.no_grad()
+        def step() -> None:
+            net(images)
+
+    step()  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    seconds = (time.perf_counter() - start) / iterations
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    return {"images_per_s": len(images) / seconds, "seconds": seconds, "peak_gib": peak / 2**30,
+            "trainable_m": trainable / 1e6, "size": size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=1, help="training batch (inference runs one image at a time)")
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--size", type=int, default=512, help="the paper setting's detector and U-Net size")
+    parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(*args.case, args.device, args.batch, args.iterations, args.size)))
+        return
+    print(f"Mask R-CNN on frozen diffusion features, {args.device}, fp32, training batch {args.batch}, "
+          f"{args.iterations} iterations after a warm-up")
+    print(f"{'setting':44} {'size':>5} {'mode':>6} {'trainable':>10} {'images/s':>9} {'s/it':>7} {'peak memory':>12}")
+    for setting in SETTINGS:
+        for mode in ("train", "infer"):
+            proc = subprocess.run([sys.executable, __file__, "--case", setting, mode, "--device", args.device,
+                                   "--batch", str(args.batch), "--iterations", str(args.iterations), "--size",
+                                   str(args.size)], capture_output=True, text=True, check=True)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{setting:44} {r['size']:5d} {mode:>6} {r['trainable_m']:9.1f}M {r['images_per_s']:9.3f} "
+                  f"{r['seconds']:7.2f} {r['peak_gib']:10.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

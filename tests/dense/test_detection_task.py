@@ -1,0 +1,170 @@
+"""Mask R-CNN on the engine: the pyramid, training on tiny scenes, checkpoints, resume, 1 = 2 processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fakes import make_fashion_mnist
+
+from difrep.cli.main import main
+from difrep.data.scenes import make_scenes
+from difrep.dense import (
+    DetectionBackbone,
+    DetectionTask,
+    SimpleFeaturePyramid,
+    evaluate_detection_checkpoint,
+    load_detection_config,
+    train_detection,
+)
+from difrep.errors import UserError
+from difrep.models import create_model
+
+TINY_ADM = {"image_size": 32, "num_channels": 32, "channel_mult": "1,2", "num_res_blocks": 1,
+            "attention_resolutions": "16", "num_head_channels": 8}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    fashion = tmp_path_factory.mktemp("fmnist")
+    make_fashion_mnist(fashion, n=60, prefixes=("train", "t10k"))
+    out = tmp_path_factory.mktemp("scenes")
+    make_scenes(fashion, out, "train", 16, canvas=32, min_items=1, max_items=2, scale_range=(0.7, 1.0), seed=0)
+    make_scenes(fashion, out, "test", 4, canvas=32, min_items=1, max_items=2, scale_range=(0.7, 1.0), seed=0)
+    return out
+
+
+def _overrides(root, out, **extra):
+    base = {
+        "task": "detection", "model.name": "adm", "model.flags": json.dumps(TINY_ADM), "data.root": str(root),
+        "data.check": "false", "data.workers": 0, "data.size": 64, "data.scale_range": "[0.8, 1.2]",
+        "features.timesteps": "[50]", "features.blocks": "[3]", "features.input_size": 32,
+        "head.out_channels": 16, "head.box_head": "mlp", "head.representation": 32, "head.mask_convs": 1,
+        "head.rpn_convs": 1, "head.rpn_batch": 64, "head.roi_batch": 32, "head.anchor_sizes": "[16, 32, 64, 128, 256]",
+        "optim.lr": 2e-3, "optim.batch_size": 4, "optim.iterations": 8, "optim.warmup": 2,
+        "run.log_every": 4, "run.eval_every": 8, "run.out": str(out), "run.progress": "false",
+        "run.tensorboard": "false", "run.draw": 2,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_the_pyramid_has_vitdet_strides_and_widths():
+    pyramid = SimpleFeaturePyramid(32, 16)
+    levels = pyramid(torch.randn(2, 32, 6, 10))
+    assert list(levels) == ["p2", "p3", "p4", "p5", "p6"]
+    assert [tuple(v.shape) for v in levels.values()] == [(2, 16, 24, 40), (2, 16, 12, 20), (2, 16, 6, 10),
+                                                         (2, 16, 3, 5), (2, 16, 2, 3)]
+    with pytest.raises(UserError, match="multiple of 4"):
+        SimpleFeaturePyramid(30)
+
+
+def test_the_stride_16_map_is_the_block_at_step_t_with_each_images_own_noise(device):
+    torch.manual_seed(0)
+    model = create_model("adm", **TINY_ADM).to(device).eval()
+    backbone = DetectionBackbone(model, 50, 3, input_size=32, detector_size=64, out_channels=16).to(device)
+    seen = {}
+    backbone.pyramid.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    images = torch.rand(2, 3, 64, 96, device=device) * 2 - 1
+    backbone.set_seeds([11, 12])
+    backbone(images)
+    # independently: resize by 32 / 64, noise each image from its seed, run to block 3, resample to H/16 x W/16
+    x = F.interpolate(images, size=(32, 48), mode="bilinear", align_corners=False)
+    noise = torch.stack([torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(s)) for s in (11, 12)])
+    t = torch.full((2,), 50, device=device)
+    xt = model.diffusion.q_sample(x, t, noise.to(device))
+    block = model.forward_intermediates(xt, t, indices=[3])[3]
+    want = F.interpolate(block, size=(4, 6), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(seen["x"], want, rtol=1e-4, atol=1e-5)
+    backbone.set_seeds([12])
+    backbone(images[1:])
+    torch.testing.assert_close(seen["x"], want[1:], rtol=1e-4, atol=1e-5, msg="an image's noise is its own")
+    with pytest.raises(UserError, match="2 noise seeds for a batch of 1"):
+        backbone.set_seeds([1, 2])
+        backbone(images[:1])
+
+
+def test_a_short_run_lowers_the_loss_and_saves_only_what_it_trains(scenes, tmp_path):
+    cfg = load_detection_config(None, _overrides(scenes, tmp_path, **{"optim.iterations": 24, "run.log_every": 8,
+                                                                     "run.eval_every": 24}))
+    metrics = train_detection(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], [r["loss"] for r in rows]
+    assert 0 <= metrics["bbox_AP"] <= 100 and metrics["images"] == 4, "every test scene evaluated"
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert not any(k.startswith("backbone.backbone.") for k in state["weights"]), "the frozen U-Net is not saved"
+    assert any(k.startswith("backbone.pyramid.") for k in state["weights"]) and any(
+        k.startswith("roi_heads.mask_predictor") for k in state["weights"])
+    assert (tmp_path / "predictions.png").stat().st_size > 500
+    assert "Average Precision" in (tmp_path / "coco_eval.txt").read_text()
+    again = evaluate_detection_checkpoint(tmp_path / "last.pt")
+    assert again["bbox_AP"] == metrics["bbox_AP"] and again["segm_AP"] == metrics["segm_AP"], "evaluation is seeded"
+
+
+def test_a_killed_run_resumes_to_the_same_weights(scenes, tmp_path, monkeypatch):
+    train_detection(load_detection_config(None, _overrides(scenes, tmp_path / "a", **{"run.draw": 0})))
+    original = DetectionTask.loss
+
+    def killed(self, net, batch, step):
+        if step == 5:  # inside the second period, after its first step changed the weights
+            raise KeyboardInterrupt
+        return original(self, net, batch, step)
+
+    monkeypatch.setattr(DetectionTask, "loss", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_detection(load_detection_config(None, _overrides(scenes, tmp_path / "b", **{"run.draw": 0})))
+    monkeypatch.setattr(DetectionTask, "loss", original)
+    train_detection(load_detection_config(None, _overrides(scenes, tmp_path / "b", **{"run.draw": 0})))
+    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("a", "b"))
+    for k in a["weights"]:
+        torch.testing.assert_close(a["weights"][k], b["weights"][k], rtol=0, atol=0, msg=k)
+    assert a["history"][-1]["bbox_AP"] == b["history"][-1]["bbox_AP"]
+
+
+def test_two_processes_take_the_steps_of_one(scenes, tmp_path):
+    """Anchors, RoIs and noise are drawn per image: 2 processes of batch 2 take the steps of 1 of batch 4, up to
+    the mask loss's mean over each process's positive RoIs; evaluation counts every image once."""
+    common = {"optim.iterations": 4, "run.log_every": 4, "run.eval_every": 4, "run.draw": 0}
+    train_detection(load_detection_config(None, _overrides(scenes, tmp_path / "one", **common)))
+    args = _overrides(scenes, tmp_path / "two", **common, **{"optim.batch_size": 2})
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           "-m", "difrep.cli.main", "train", *args], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("one", "two"))
+    init = DetectionTask(load_detection_config(None, _overrides(scenes, tmp_path / "init", **common))).trainable_state()
+    keys = [k for k, v in one["weights"].items() if v.is_floating_point()]
+    step = torch.cat([(one["weights"][k] - init[k]).flatten() for k in keys]).norm()
+    gap = torch.cat([(two["weights"][k] - one["weights"][k]).flatten() for k in keys]).norm()
+    assert step > 1e-3 and gap < 1e-3 * step, f"2 processes differ by {gap:.2e}, the 4 steps moved {step:.2e}"
+    r1, r2 = one["history"][-1], two["history"][-1]
+    assert r1["images"] == r2["images"] == 4, "every test image counted once"
+
+
+def test_any_backbone_of_the_interface_and_bad_settings(scenes, tmp_path):
+    resnet = load_detection_config(None, _overrides(scenes, tmp_path / "timm", **{
+        "model.name": "timm:resnet18", "model.flags": json.dumps({"image_size": 64}), "features.blocks": "[3]",
+        "features.input_size": 64, "optim.iterations": 2, "run.log_every": 2, "run.eval_every": 2, "run.draw": 0}))
+    task = DetectionTask(resnet)
+    assert task.model.block_info(3).reduction == 16, "ResNet's layer3 is the stride-16 map"
+    metrics = train_detection(resnet)
+    assert 0 <= metrics["bbox_AP"] <= 100
+    with pytest.raises(UserError, match="one noise step and one block"):
+        DetectionTask(load_detection_config(None, _overrides(scenes, tmp_path, **{"features.blocks": "[2, 3]"})))
+    with pytest.raises(UserError, match="data.size=72: use a positive multiple of 32"):
+        DetectionTask(load_detection_config(None, _overrides(scenes, tmp_path, **{"data.size": 72})))
+    with pytest.raises(UserError, match="features.input_size=31"):
+        DetectionTask(load_detection_config(None, _overrides(scenes, tmp_path, **{"features.input_size": 31})))
+
+
+def test_difrep_train_picks_the_detection_task_and_evaluate_reads_it(scenes, tmp_path, capsys):
+    args = _overrides(scenes, tmp_path, **{"optim.iterations": 2, "run.log_every": 2, "run.eval_every": 2,
+                                           "run.draw": 0})
+    assert main(["train", *args]) == 0
+    assert "box AP" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "last.pt"), "--out", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["images"] == 4
