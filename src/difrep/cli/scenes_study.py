@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "configs/scenes_maskrcnn_fmnist.yaml (detection)")
     p.add_argument("--out", required=True)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--iterations", type=int, help="per run (default 300 for segmentation, 250 for detection)")
+    p.add_argument("--iterations", type=int, help="per run (default 300 for segmentation, 400 for detection)")
     p.add_argument("--select-iterations", type=int, default=150)
     p.add_argument("--max-test", type=int, default=200, help="test scenes evaluated (default 200)")
     p.set_defaults(run=run)
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(f"unexpected arguments {extra}")
     if args.task == "detection":
         summary = run_detection_study(args.scenes, args.out, args.config or "configs/scenes_maskrcnn_fmnist.yaml",
-                                      args.seeds, args.iterations or 250, args.max_test)
+                                      args.seeds, args.iterations or 400, args.max_test)
         for row in summary["results"]:
             print(f"{row['variant']:35} box AP {row['bbox_AP_mean']:5.1f} +- {row['bbox_AP_std']:.1f}, "
                   f"mask AP {row['segm_AP_mean']:5.1f} +- {row['segm_AP_std']:.1f}")

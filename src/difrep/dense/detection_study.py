@@ -21,10 +21,10 @@ METRICS = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
 
 
 def run_detection_study(scenes: str | Path, out: str | Path, config: str | Path, seeds: int = 3,
-                        iterations: int = 250, max_test: int = 200, t: int = 50, block: int = 13) -> dict[str, Any]:
+                        iterations: int = 400, max_test: int = 200, t: int = 50, block: int = 13) -> dict[str, Any]:
     """Train both variants for ``seeds`` seeds (every variant's first seed before any second one)."""
     scenes, out, config = Path(scenes), Path(out), Path(config)
-    base = [f"data.root={scenes}", f"optim.iterations={iterations}", f"run.log_every={iterations}",
+    base = [f"data.root={scenes}", f"optim.iterations={iterations}", f"run.log_every={max(iterations // 4, 1)}",
             f"run.eval_every={iterations}", f"data.max_test={max_test}", f"features.timesteps=[{t}]",
             f"features.blocks=[{block}]"]
     variants = [Variant(f"shipped U-Net, b = {block}", ()),
