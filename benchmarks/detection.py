@@ -10,6 +10,7 @@ as difrep evaluates.
 
     python benchmarks/detection.py                          # CPU: paper setting at 512, batch 1
     python benchmarks/detection.py --device cuda --size 1024 --batch 4 --iterations 10
+    python benchmarks/detection.py --flops                  # FLOPs of the paper setting, counted on meta tensors
 """
 
 from __future__ import annotations
@@ -101,14 +102,50 @@ def run_case(setting: str, mode: str, device: str, batch: int, iterations: int, 
             "trainable_m": trainable / 1e6, "size": size}
 
 
+def count_flops(size: int, rois: int = 512, positives: int = 128) -> dict:
+    """FLOPs per image of the paper setting, counted by torch's FlopCounterMode on meta tensors (no compute):
+    the frozen U-Net's forward to b = 24 at ``size``, and the pyramid, RPN head, box head (``rois`` RoIs) and
+    mask head (``positives`` RoIs) forward, at a 1024 detector input."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from difrep import create_model
+    from difrep.dense import DetectionBackbone, MaskRCNNConfig, build_mask_rcnn
+    from difrep.dense.adapter import noisy_features
+
+    with torch.device("meta"):
+        model = create_model("adm-256-uncond")
+        model.prune_intermediate_layers([24])
+        net = build_mask_rcnn(DetectionBackbone(model, 75, 24, size, 1024), 80, MaskRCNNConfig())
+        image = torch.zeros(1, 3, size, size)
+        stride16 = torch.zeros(1, model.block_info(24).num_chs, 64, 64)
+    with FlopCounterMode(display=False) as unet, torch.no_grad():
+        noisy_features(model, image, 75, torch.zeros_like(image), [24])
+    with FlopCounterMode(display=False) as heads:
+        levels = net.backbone.pyramid(stride16)
+        net.rpn.head(list(levels.values()))
+        net.roi_heads.box_head(torch.zeros(rois, 256, 7, 7, device="meta"))
+        net.roi_heads.mask_predictor(net.roi_heads.mask_head(torch.zeros(positives, 256, 14, 14, device="meta")))
+    return {"unet": unet.get_total_flops(), "heads": heads.get_total_flops()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=1, help="training batch (inference runs one image at a time)")
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--size", type=int, default=512, help="the paper setting's detector and U-Net size")
+    parser.add_argument("--flops", action="store_true", help="count the paper setting's FLOPs instead of timing")
     parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.flops:
+        print("FLOPs per image, paper setting (ADM-256 to b = 24, ViTDet heads, 1024 detector input), counted on "
+              "meta tensors")
+        print(f"{'U-Net input':>11} {'U-Net fwd':>10} {'heads fwd':>10} {'training step':>14}")
+        for size in (1024, 512):
+            f = count_flops(size)
+            train = f["unet"] + 3 * f["heads"]  # frozen U-Net: forward only; heads: forward + backward (~2x)
+            print(f"{size:>11} {f['unet'] / 1e12:8.2f} T {f['heads'] / 1e12:8.2f} T {train / 1e12:12.2f} T")
+        return
     if args.case:
         print(json.dumps(run_case(*args.case, args.device, args.batch, args.iterations, args.size)))
         return

@@ -153,6 +153,14 @@ def test_any_backbone_of_the_interface_and_bad_settings(scenes, tmp_path):
     assert task.model.block_info(3).reduction == 16, "ResNet's layer3 is the stride-16 map"
     metrics = train_detection(resnet)
     assert 0 <= metrics["bbox_AP"] <= 100
+    tuned = load_detection_config(None, _overrides(scenes, tmp_path / "tuned", **{
+        "run.finetune": "true", "optim.iterations": 2, "run.log_every": 2, "run.eval_every": 2, "run.draw": 0}))
+    task = DetectionTask(tuned)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    train_detection(tuned)
+    saved = torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)["weights"]
+    changed = [k for k, v in before.items() if not torch.equal(saved["backbone.backbone." + k], v)]
+    assert changed, "fine-tuning trains the U-Net and saves it"
     with pytest.raises(UserError, match="one noise step and one block"):
         DetectionTask(load_detection_config(None, _overrides(scenes, tmp_path, **{"features.blocks": "[2, 3]"})))
     with pytest.raises(UserError, match="data.size=72: use a positive multiple of 32"):

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                 ds = create_detection_dataset(args.name, args.path, split, check=False)
             else:
                 ds = create_dataset(args.name, args.path, split, check=False, **options)
-        except (DatasetLayoutError, FileNotFoundError, ValueError, UserError) as err:
+        except (FileNotFoundError, ValueError, UserError) as err:  # DatasetLayoutError is a UserError
             print(f"{split:8} {'-':>8} {'-':>10} {'-':>10}  error: {err}")
             failed = True
             continue

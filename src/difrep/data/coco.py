@@ -65,8 +65,8 @@ def load_coco(annotation_file: str | Path) -> Any:
 
 
 def _usable(annotation: dict[str, Any]) -> bool:
-    x, y, w, h = annotation["bbox"]
-    return not annotation.get("iscrowd", 0) and w > 0 and h > 0
+    width, height = annotation["bbox"][2:]
+    return not annotation.get("iscrowd", 0) and width > 0 and height > 0
 
 
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
