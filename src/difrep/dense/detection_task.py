@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +23,17 @@ from tqdm.auto import tqdm
 
 from ..data import create_detection_dataset
 from ..data.coco import CocoDetection, LargeScaleJitter
-from ..data.loader import ShardSampler, StepBatches, default_workers, mix_seeds
-from ..engine import Engine, EngineSettings, Task, read_checkpoint
+from ..data.loader import ShardSampler, default_workers, mix_seeds
+from ..engine import Engine, EngineSettings, read_checkpoint
 from ..errors import UserError
 from ..features.noise import image_seed
 from ..utils.files import file_sha256
 from ..utils.precision import autocast, precision_dtype
+from .base import DenseTask
 from .coco_eval import coco_evaluate, gather_results, to_coco_results
 from .detection_config import DetectionConfig, detection_config_from_dict
 from .maskrcnn import build_mask_rcnn, set_seeds
 from .pyramid import DetectionBackbone
-from .task import SeededSteps, trainable_weights
 
 LOSSES = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 LOG_FIELDS = ("step", "loss", *LOSSES, "lr", "bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50", "images_per_s",
@@ -52,13 +51,13 @@ def _first(data: CocoDetection, n: int | None) -> CocoDetection:
     return data
 
 
-class DetectionTask(Task):
+class DetectionTask(DenseTask):
     """Mask R-CNN trained on the pyramid of one block of ``model`` at one noise step; the engine runs it."""
 
-    position_name = "step"
-    log_name = "metrics"
     log_fields = LOG_FIELDS
-    step_schedule = True
+    backbone_prefix = "backbone.backbone."
+    schedule_options = ("iterations", "epochs")
+    collate = staticmethod(_collate)
 
     def __init__(self, cfg: DetectionConfig) -> None:
         super().__init__()
@@ -99,23 +98,6 @@ class DetectionTask(Task):
         self._last_eval: dict[str, Any] = {}
 
     # engine hooks --------------------------------------------------------------------------------------
-    def config(self) -> dict[str, Any]:
-        return self.cfg.to_dict()
-
-    def resume_key(self, config: dict[str, Any]) -> dict[str, Any]:
-        optim = {k: v for k, v in config["optim"].items() if k not in ("iterations", "epochs")}
-        return {**{k: v for k, v in config.items() if k not in ("run", "optim")}, "optim": optim,
-                "seed": config["run"]["seed"], "finetune": config["run"]["finetune"]}
-
-    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        backbone = {id(p) for p in self.model.parameters()}
-        groups = [{"params": [p for p in params if id(p) not in backbone], "lr": o.lr}]
-        tuned = [p for p in params if id(p) in backbone]
-        if tuned:
-            groups.append({"params": tuned, "lr": o.backbone_lr if o.backbone_lr is not None else o.lr})
-        return torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay)  # type: ignore[arg-type]
-
     def scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         """Linear warm-up from ``warmup_factor``, then x ``gamma`` at each milestone (a fraction of training)."""
         o = self.cfg.optim
@@ -129,23 +111,6 @@ class DetectionTask(Task):
 
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Pyramid and heads, plus the backbone when fine-tuning (a frozen one is rebuilt from its config)."""
-        return trainable_weights(self.net.state_dict(), "backbone.backbone.", self.model, self.cfg.run.finetune)
-
-    def batches(self, period: int, first_step: int) -> Iterable[Any]:
-        r = self.cfg.run
-        stop = min((period + 1) * r.log_every, self.iterations)
-        steps = StepBatches(len(self.train_data), self.cfg.optim.batch_size, r.seed, first_step, stop, self.rank,
-                            self.world)
-        workers = default_workers() if self.cfg.data.workers is None else self.cfg.data.workers
-        return DataLoader(self.train_data, batch_sampler=SeededSteps(steps, r.seed), num_workers=workers,
-                          collate_fn=_collate, pin_memory=torch.cuda.is_available())
-
-    def begin_period(self, period: int) -> None:
-        if not self.cfg.run.finetune:
-            self.model.eval()  # a frozen backbone keeps its eval behaviour
-
     def loss(self, net: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images, targets, _ = batch
         n = len(images)
@@ -156,11 +121,6 @@ class DetectionTask(Task):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: the loss is {loss.item()}; lower optim.lr or use run.precision=fp32")
         return loss, {"loss": loss, **{k: losses[k].detach().float() for k in LOSSES}}
-
-    def evaluate_now(self, period: int) -> bool:
-        r = self.cfg.run
-        end = min((period + 1) * r.log_every, self.iterations)
-        return end == self.iterations or end // r.eval_every > (end - r.log_every) // r.eval_every
 
     # evaluation ----------------------------------------------------------------------------------------
     def predict(self, image: torch.Tensor, index: int) -> dict[str, torch.Tensor]:

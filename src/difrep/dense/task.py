@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,51 +21,25 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ..data import create_segmentation_dataset
-from ..data.loader import ShardSampler, StepBatches, default_workers, mix_seeds
+from ..data.loader import ShardSampler, default_workers, mix_seeds
 from ..data.seg_transforms import SegEvalTransform, SegTrainTransform
-from ..engine import Engine, EngineSettings, Task, read_checkpoint
+from ..engine import Engine, EngineSettings, read_checkpoint
 from ..errors import UserError
 from ..features.noise import image_seed
-from ..models import Backbone
 from ..utils.files import file_sha256
 from ..utils.precision import autocast, precision_dtype
 from .adapter import DenseFeatures
+from .base import DenseTask
 from .config import SegmentationConfig, segmentation_config_from_dict
 from .inference import slide_inference, whole_inference
 from .metrics import IGNORE_INDEX, SegmentationMetrics
 from .upernet import UperNet
 
 LOG_FIELDS = ("step", "loss", "loss_main", "loss_aux", "lr", "mIoU", "aAcc", "images_per_s", "seconds")
-
-
-class SeededSteps(Sampler[list[tuple[int, int]]]):
-    """:class:`StepBatches` whose items carry their augmentation seed: (index, seed of (run seed, step, position))."""
-
-    def __init__(self, steps: StepBatches, seed: int) -> None:
-        self.steps, self.seed = steps, seed
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        s = self.steps
-        for step, batch in enumerate(s, start=s.start):
-            first = s.rank * s.batch
-            yield [(i, mix_seeds(self.seed, step, first + k, 3)) for k, i in enumerate(batch)]
-
-
-def trainable_weights(state: dict[str, torch.Tensor], prefix: str, backbone: Backbone, finetune: bool
-                      ) -> dict[str, torch.Tensor]:
-    """``state`` without the backbone's tensors (under ``prefix``) unless it is fine-tuned, keeping what the
-    backbone trains with a head (Stable Diffusion's learnable text, say)."""
-    if finetune:
-        return state
-    with_head = {prefix + n for n, p in backbone.named_parameters() if any(p is q for q in backbone.trainable_with_head())}
-    return {k: v for k, v in state.items() if not k.startswith(prefix) or k in with_head}
 
 
 def _first(data: Dataset, n: int | None) -> Dataset:
@@ -77,13 +50,11 @@ def _collate_eval(batch: list[Any]) -> Any:
     return batch  # images of different sizes: one at a time
 
 
-class SegmentationTask(Task):
+class SegmentationTask(DenseTask):
     """UperNet trained on the features of ``model`` at one noise step; the engine runs it."""
 
-    position_name = "step"
-    log_name = "metrics"
     log_fields = LOG_FIELDS
-    step_schedule = True
+    backbone_prefix = "features.backbone."
 
     def __init__(self, cfg: SegmentationConfig) -> None:
         super().__init__()
@@ -98,6 +69,7 @@ class SegmentationTask(Task):
             raise UserError(f"features.timesteps={f.timesteps}: dense tasks take one noise step")
         self.settings = EngineSettings(out=r.out, seed=r.seed, precision=r.precision, grad_accum=o.grad_accum,
                                        progress=r.progress, tensorboard=r.tensorboard, wandb=r.wandb)
+        self.iterations = o.iterations
         self.num_periods = math.ceil(o.iterations / r.log_every)
         self.images_per_step = o.batch_size * self.world
         torch.manual_seed(r.seed)
@@ -128,23 +100,6 @@ class SegmentationTask(Task):
         self._last_eval: dict[str, Any] = {}
 
     # engine hooks --------------------------------------------------------------------------------------
-    def config(self) -> dict[str, Any]:
-        return self.cfg.to_dict()
-
-    def resume_key(self, config: dict[str, Any]) -> dict[str, Any]:
-        optim = {k: v for k, v in config["optim"].items() if k != "iterations"}
-        return {**{k: v for k, v in config.items() if k not in ("run", "optim")}, "optim": optim,
-                "seed": config["run"]["seed"], "finetune": config["run"]["finetune"]}
-
-    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        backbone = {id(p) for p in self.model.parameters()}
-        groups = [{"params": [p for p in params if id(p) not in backbone], "lr": o.lr}]
-        tuned = [p for p in params if id(p) in backbone]
-        if tuned:
-            groups.append({"params": tuned, "lr": o.backbone_lr if o.backbone_lr is not None else o.lr})
-        return torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay)  # type: ignore[arg-type]
-
     def scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         """Linear warm-up from ``warmup_ratio`` over ``warmup`` iterations, on a poly decay to ``min_lr``."""
         o = self.cfg.optim
@@ -157,23 +112,6 @@ class SegmentationTask(Task):
             return value
 
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """UperNet and the 1x1 maps, plus the backbone when fine-tuning (or what it trains with a head); a
-        frozen backbone is rebuilt from model.name / checkpoint, never saved."""
-        return trainable_weights(self.net.state_dict(), "features.backbone.", self.model, self.cfg.run.finetune)
-
-    def batches(self, period: int, first_step: int) -> Iterable[Any]:
-        o, r = self.cfg.optim, self.cfg.run
-        stop = min((period + 1) * r.log_every, o.iterations)
-        steps = StepBatches(len(self.train_data), o.batch_size, r.seed, first_step, stop, self.rank, self.world)
-        workers = default_workers() if self.cfg.data.workers is None else self.cfg.data.workers
-        return DataLoader(self.train_data, batch_sampler=SeededSteps(steps, r.seed), num_workers=workers,
-                          pin_memory=torch.cuda.is_available())
-
-    def begin_period(self, period: int) -> None:
-        if not self.cfg.run.finetune:
-            self.model.eval()  # a frozen backbone keeps its eval behaviour (BatchNorm statistics, dropout)
 
     def _noise(self, seeds: list[int]) -> torch.Tensor | None:
         if not self.model.takes_timestep:
@@ -200,10 +138,6 @@ class SegmentationTask(Task):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: the loss is {loss.item()}; lower optim.lr or use run.precision=fp32")
         return loss, {"loss": loss, "loss_main": main, "loss_aux": aux_loss}
-
-    def evaluate_now(self, period: int) -> bool:
-        end = min((period + 1) * self.cfg.run.log_every, self.cfg.optim.iterations)
-        return end == self.cfg.optim.iterations or end // self.cfg.run.eval_every > (end - self.cfg.run.log_every) // self.cfg.run.eval_every
 
     # evaluation ----------------------------------------------------------------------------------------
     def predict(self, image: torch.Tensor, index: int) -> torch.Tensor:
