@@ -9,13 +9,12 @@ Every run is an engine run in its own folder, so an interrupted study resumes wh
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 from .detection_config import load_detection_config
 from .detection_task import train_detection
-from .study import Variant, run_once
+from .study import Variant, draw_seeds, mean_std, run_once
 
 METRICS = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
 
@@ -42,8 +41,7 @@ def run_detection_study(scenes: str | Path, out: str | Path, config: str | Path,
         for name in METRICS:
             values = [r[name] for r in runs]
             row[name] = values
-            row[f"{name}_mean"] = statistics.mean(values)
-            row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values)
         rows.append(row)
     summary = {"results": rows, "iterations": iterations, "test_scenes": max_test, "seeds": seeds, "t": t,
                "block": block}
@@ -61,11 +59,8 @@ def plot_detection_results(summary: dict[str, Any], path: Path) -> Path:
 
     rows = summary["results"]
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.4), sharey=True)
-    y = list(range(len(rows)))[::-1]
     for ax, name, title in zip(axes, ("bbox_AP", "segm_AP"), ("box AP", "mask AP")):
-        ax.barh(y, [r[f"{name}_mean"] for r in rows], xerr=[r[f"{name}_std"] for r in rows], color="#9ab", capsize=3)
-        for yi, r in zip(y, rows):
-            ax.plot(r[name], [yi] * len(r[name]), "k.", ms=4)
+        y = draw_seeds(ax, [r[name] for r in rows])
         ax.set_xlabel(f"{title} (%), {summary['test_scenes']} scenes, {summary['seeds']} seeds")
     axes[0].set_yticks(y, [r["variant"] for r in rows])
     fig.suptitle(f"Mask R-CNN on the scenes, {summary['iterations']} iterations, t = {summary['t']}", fontsize=10)

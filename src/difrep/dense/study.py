@@ -78,14 +78,30 @@ def run_scenes_study(scenes: str | Path, fashion_root: str | Path, out: str | Pa
     for i, v in enumerate(variants):
         runs = [results[i, seed] for seed in range(seeds)]
         values = [r["mIoU"] for r in runs]
-        rows.append({"variant": v.name, "folder": f"final/variant{i}_seed*", "mIoU": values,
-                     "mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        mean, std = mean_std(values)
+        rows.append({"variant": v.name, "folder": f"final/variant{i}_seed*", "mIoU": values, "mean": mean, "std": std,
                      "aAcc": statistics.mean(r["aAcc"] for r in runs)})
     summary = {"selection": selection, "chosen": best, "results": rows, "iterations": iterations,
                "test_scenes": max_test, "heldout_scenes": heldout, "seeds": seeds}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_results(summary, out / "results.png")
     return summary
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """The mean over seeds and their sample standard deviation (0 for a single seed)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def draw_seeds(ax: Any, per_seed: Sequence[Sequence[float]]) -> list[int]:
+    """Horizontal bars, the first variant on top: the mean over seeds with its spread, each seed as a dot.
+    Returns the bars' y positions."""
+    y = list(range(len(per_seed)))[::-1]
+    spreads = [mean_std(values) for values in per_seed]
+    ax.barh(y, [m for m, _ in spreads], xerr=[s for _, s in spreads], color="#9ab", capsize=3)
+    for yi, values in zip(y, per_seed):
+        ax.plot(values, [yi] * len(values), "k.", ms=4)
+    return y
 
 
 def plot_results(summary: dict[str, Any], path: Path) -> Path:
@@ -97,10 +113,7 @@ def plot_results(summary: dict[str, Any], path: Path) -> Path:
 
     rows = summary["results"]
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    y = list(range(len(rows)))[::-1]
-    ax.barh(y, [r["mean"] for r in rows], xerr=[r["std"] for r in rows], color="#9ab", capsize=3)
-    for yi, r in zip(y, rows):
-        ax.plot(r["mIoU"], [yi] * len(r["mIoU"]), "k.", ms=4)
+    y = draw_seeds(ax, [r["mIoU"] for r in rows])
     ax.set_yticks(y, [r["variant"] for r in rows])
     ax.set_xlabel(f"test mIoU (%), {summary['test_scenes']} scenes, {summary['seeds']} seeds")
     ax.set_title(f"UperNet on the scenes, {summary['iterations']} iterations of batch 8", fontsize=10)
