@@ -15,23 +15,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import subprocess
 import sys
 import time
 
 import torch
+from measure import peak_bytes
 
 CASES = {
     "GD (t=150, b=24)": dict(timesteps=[150], blocks=[24]),
     "DifFormer (T={90,150,300}, B={19,24,30})": dict(timesteps=[90, 150, 300], blocks=[19, 24, 30]),
 }
-
-
-def _peak_bytes(device: str) -> int:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_case(case: str, path: str, device: str, images: int, dtype: str, repeats: int) -> dict:
@@ -73,7 +67,7 @@ def run_case(case: str, path: str, device: str, images: int, dtype: str, repeats
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     best = min(times)
-    return {"seconds": best, "images_per_s": images / best, "peak_mib": _peak_bytes(device) / 2**20}
+    return {"seconds": best, "images_per_s": images / best, "peak_mib": peak_bytes(device) / 2**20}
 
 
 def main() -> None:

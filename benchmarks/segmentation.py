@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 import torch
+from measure import peak_bytes, seconds_per_step
 
 CASES = {
     "frozen, b = 24": dict(blocks=[24], finetune=False),
@@ -52,19 +51,8 @@ def run_case(case: str, device: str, batch: int, iterations: int, crop: int) -> 
         loss.backward()
         opt.step()
 
-    step()  # warm-up
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(iterations):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    seconds = (time.perf_counter() - start) / iterations
+    seconds = seconds_per_step(step, iterations, device)
+    peak = peak_bytes(device)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     return {"case": case, "it_per_s": 1 / seconds, "seconds": seconds, "peak_gib": peak / 2**30,
             "trainable_m": trainable / 1e6}
