@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import gzip
 import struct
+import subprocess
+import sys
 
 import torch
+
+# A tiny ADM for the dense-task tests: blocks at 32 and 16 pixels for a 32-pixel input.
+TINY_DENSE_ADM = {"image_size": 32, "num_channels": 32, "channel_mult": "1,2", "num_res_blocks": 1,
+                  "attention_resolutions": "16", "num_head_channels": 8}
 
 
 def write_idx(path, array: torch.Tensor, compress: bool = True) -> None:
@@ -170,3 +176,31 @@ def make_imagenet(root, wnids=("n01440764", "n01443537", "n01484850"), train: in
         for j in range(val):
             write_image(root / "val" / w / f"ILSVRC2012_val_{c * 100 + j:08d}.JPEG", c)
     return root
+
+
+def make_tiny_scenes(tmp_path_factory, train: int, test: int, scale_range: tuple[float, float]):
+    """Scenes of 1-2 fake garments on 32 x 32 canvases, in the ADE20K and COCO layouts."""
+    from difrep.data.scenes import make_scenes
+
+    fashion = tmp_path_factory.mktemp("fmnist")
+    make_fashion_mnist(fashion, n=60, prefixes=("train", "t10k"))
+    out = tmp_path_factory.mktemp("scenes")
+    for split, count in (("train", train), ("test", test)):
+        make_scenes(fashion, out, split, count, canvas=32, min_items=1, max_items=2, scale_range=scale_range, seed=0)
+    return out
+
+
+def torchrun_train(args: list[str]) -> None:
+    """``difrep train ARGS`` in 2 gloo processes under torchrun; fails with their stderr."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           "-m", "difrep.cli.main", "train", *args], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def step_and_gap(one: dict, two: dict, init: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far a 1-process run moved the float weights from ``init``, and how far a 2-process run ended from it."""
+    keys = [k for k, v in one.items() if v.is_floating_point()]
+    step = torch.cat([(one[k] - init[k]).flatten() for k in keys]).norm()
+    gap = torch.cat([(two[k] - one[k]).flatten() for k in keys]).norm()
+    return step, gap

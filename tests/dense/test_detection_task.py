@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from fakes import make_fashion_mnist
+from fakes import TINY_DENSE_ADM, make_tiny_scenes, step_and_gap, torchrun_train
 
 from difrep.cli.main import main
-from difrep.data.scenes import make_scenes
 from difrep.dense import (
     DetectionBackbone,
     DetectionTask,
@@ -24,23 +21,15 @@ from difrep.dense import (
 from difrep.errors import UserError
 from difrep.models import create_model
 
-TINY_ADM = {"image_size": 32, "num_channels": 32, "channel_mult": "1,2", "num_res_blocks": 1,
-            "attention_resolutions": "16", "num_head_channels": 8}
-
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    fashion = tmp_path_factory.mktemp("fmnist")
-    make_fashion_mnist(fashion, n=60, prefixes=("train", "t10k"))
-    out = tmp_path_factory.mktemp("scenes")
-    make_scenes(fashion, out, "train", 16, canvas=32, min_items=1, max_items=2, scale_range=(0.7, 1.0), seed=0)
-    make_scenes(fashion, out, "test", 4, canvas=32, min_items=1, max_items=2, scale_range=(0.7, 1.0), seed=0)
-    return out
+    return make_tiny_scenes(tmp_path_factory, train=16, test=4, scale_range=(0.7, 1.0))
 
 
 def _overrides(root, out, **extra):
     base = {
-        "task": "detection", "model.name": "adm", "model.flags": json.dumps(TINY_ADM), "data.root": str(root),
+        "task": "detection", "model.name": "adm", "model.flags": json.dumps(TINY_DENSE_ADM), "data.root": str(root),
         "data.check": "false", "data.workers": 0, "data.size": 64, "data.scale_range": "[0.8, 1.2]",
         "features.timesteps": "[50]", "features.blocks": "[3]", "features.input_size": 32,
         "head.out_channels": 16, "head.box_head": "mlp", "head.representation": 32, "head.mask_convs": 1,
@@ -65,7 +54,7 @@ def test_the_pyramid_has_vitdet_strides_and_widths():
 
 def test_the_stride_16_map_is_the_block_at_step_t_with_each_images_own_noise(device):
     torch.manual_seed(0)
-    model = create_model("adm", **TINY_ADM).to(device).eval()
+    model = create_model("adm", **TINY_DENSE_ADM).to(device).eval()
     backbone = DetectionBackbone(model, 50, 3, input_size=32, detector_size=64, out_channels=16).to(device)
     seen = {}
     backbone.pyramid.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
@@ -131,15 +120,10 @@ def test_two_processes_take_the_steps_of_one(scenes, tmp_path):
     common = {"optim.iterations": 4, "run.log_every": 4, "run.eval_every": 4, "run.draw": 0}
     train_detection(load_detection_config(None, _overrides(scenes, tmp_path / "one", **common)))
     args = _overrides(scenes, tmp_path / "two", **common, **{"optim.batch_size": 2})
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                           "-m", "difrep.cli.main", "train", *args], capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_train(args)
     one, two = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("one", "two"))
     init = DetectionTask(load_detection_config(None, _overrides(scenes, tmp_path / "init", **common))).trainable_state()
-    keys = [k for k, v in one["weights"].items() if v.is_floating_point()]
-    step = torch.cat([(one["weights"][k] - init[k]).flatten() for k in keys]).norm()
-    gap = torch.cat([(two["weights"][k] - one["weights"][k]).flatten() for k in keys]).norm()
+    step, gap = step_and_gap(one["weights"], two["weights"], init)
     assert step > 1e-3 and gap < 1e-3 * step, f"2 processes differ by {gap:.2e}, the 4 steps moved {step:.2e}"
     r1, r2 = one["history"][-1], two["history"][-1]
     assert r1["images"] == r2["images"] == 4, "every test image counted once"

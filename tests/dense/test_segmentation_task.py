@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from fakes import make_fashion_mnist
+from fakes import TINY_DENSE_ADM, make_tiny_scenes, step_and_gap, torchrun_train
 
 from difrep.cli.main import main
 from difrep.data import create_segmentation_dataset
-from difrep.data.scenes import make_scenes
 from difrep.dense import (
     IGNORE_INDEX,
     SegmentationTask,
@@ -23,23 +20,15 @@ from difrep.dense import (
 from difrep.engine import Engine
 from difrep.errors import UserError
 
-TINY_ADM = {"image_size": 32, "num_channels": 32, "channel_mult": "1,2", "num_res_blocks": 1,
-            "attention_resolutions": "16", "num_head_channels": 8}
-
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    fashion = tmp_path_factory.mktemp("fmnist")
-    make_fashion_mnist(fashion, n=60, prefixes=("train", "t10k"))
-    out = tmp_path_factory.mktemp("scenes")
-    make_scenes(fashion, out, "train", 24, canvas=32, min_items=1, max_items=2, scale_range=(0.6, 1.0), seed=0)
-    make_scenes(fashion, out, "test", 6, canvas=32, min_items=1, max_items=2, scale_range=(0.6, 1.0), seed=0)
-    return out
+    return make_tiny_scenes(tmp_path_factory, train=24, test=6, scale_range=(0.6, 1.0))
 
 
 def _overrides(root, out, **extra):
     base = {
-        "task": "segmentation", "model.name": "adm", "model.flags": json.dumps(TINY_ADM),
+        "task": "segmentation", "model.name": "adm", "model.flags": json.dumps(TINY_DENSE_ADM),
         "data.name": "scenes", "data.root": str(root), "data.check": "false", "data.workers": 0, "data.crop": 32,
         "data.scale": "[32, 32]", "data.ratio_range": "[0.75, 1.5]", "features.timesteps": "[50]",
         "features.blocks": "[3]", "features.input_size": 32, "head.channels": 16, "head.decoder_channels": 16,
@@ -101,15 +90,10 @@ def test_two_processes_take_the_steps_of_one(scenes, tmp_path):
               "run.overlays": 0}
     train_segmentation(load_segmentation_config(None, _overrides(scenes, tmp_path / "one", **common)))
     args = _overrides(scenes, tmp_path / "two", **common, **{"optim.batch_size": 2})
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                           "-m", "difrep.cli.main", "train", *args], capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_train(args)
     one, two = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("one", "two"))
     init = SegmentationTask(load_segmentation_config(None, _overrides(scenes, tmp_path / "init", **common))).trainable_state()
-    keys = [k for k, v in one["weights"].items() if v.is_floating_point()]
-    step = torch.cat([(one["weights"][k] - init[k]).flatten() for k in keys]).norm()
-    gap = torch.cat([(two["weights"][k] - one["weights"][k]).flatten() for k in keys]).norm()
+    step, gap = step_and_gap(one["weights"], two["weights"], init)
     assert step > 1e-3 and gap < 0.02 * step, f"2 processes differ by {gap:.2e}, the 4 steps moved {step:.2e}"
     r1, r2 = one["history"][-1], two["history"][-1]
     assert r1["pixels"] == r2["pixels"] > 0, "every validation image counted once"

@@ -233,7 +233,7 @@ def create_detection_dataset(
     categories with COCO 2017's; ``keep_empty=False`` then drops images without a usable annotation.
     """
     _spec(name, "detection")
-    dataset = coco.create_coco_dataset(root, split, train_transform, keep_empty)
+    dataset = coco.CocoDetection(*coco.find_coco(root, split), train_transform, keep_empty)
     if check:
         check_counts(name, root, split, len(dataset.classes), len(dataset.coco.imgs))
     return dataset

@@ -184,9 +184,3 @@ class LargeScaleJitter:
         padded = padded[keep]
         return canvas, {**target, "masks": padded, "boxes": boxes_from_masks(padded), "labels": target["labels"][keep]}
 
-
-def create_coco_dataset(root: str | Path, split: str, train_transform: DetectionTransform | None = None,
-                        keep_empty: bool = True) -> CocoDetection:
-    """The COCO (or scenes) split at ``root``; see :func:`find_coco` for the layouts read."""
-    annotations, images = find_coco(root, split)
-    return CocoDetection(annotations, images, train_transform, keep_empty)
