@@ -39,6 +39,21 @@ class GroupNorm32(nn.GroupNorm):
         bias = None if self.bias is None else self.bias.float()
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
+    def modulated(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """``norm(x) * (1 + scale) + shift`` (AdaGN) with the affine folded into the per-sample scale and
+        shift, so the full-size tensor is written twice (normalise, modulate) instead of three times."""
+        gain = 1 + scale.float()
+        weight = self.weight.float()[:, None, None] * gain
+        bias = torch.addcmul(shift.float(), self.bias.float()[:, None, None], gain)
+        normed = F.group_norm(x.float(), self.num_groups, None, None, self.eps)
+        return torch.addcmul(bias, normed, weight).type(x.dtype)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of a freshly made tensor, in place when no gradient flows through it (saves a full-size
+    allocation per call; with autograd recording, it stays out of place)."""
+    return F.silu(x, inplace=not x.requires_grad)
+
 
 def zero_init(module: nn.Module) -> nn.Module:
     """ADM initialises the last layer of every residual branch to zero."""
@@ -123,34 +138,38 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        norm, act, conv = self.in_layers
-        h = act(norm(x))
+        norm, _, conv = self.in_layers
+        h = silu(norm(x))
         if self.resample is not None:
             h, x = self.resample(h), self.resample(x)
         h = conv(h)
         emb_out = self.emb_layers(emb).type(h.dtype)[..., None, None]
-        out_norm, out_rest = self.out_layers[0], self.out_layers[1:]
+        out_norm, _, dropout, out_conv = self.out_layers
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = out_rest(out_norm(h) * (1 + scale) + shift)
+            h = out_norm.modulated(h, scale, shift)
         else:
-            h = out_rest(out_norm(h + emb_out))
-        return self.skip_connection(x) + h
+            h = out_norm(h.add_(emb_out))  # in place: a conv's backward does not read its output
+        h = out_conv(dropout(silu(h)))
+        return h.add_(self.skip_connection(x))
 
 
 def split_heads(qkv: torch.Tensor, num_heads: int, legacy_order: bool) -> tuple[torch.Tensor, ...]:
     """Split a [B, 3*H*C, T] qkv projection into q, k, v of shape [B, H, T, C].
 
     The legacy order (the public 256x256 checkpoints) lays channels out head-major
-    (H, [q k v], C); the new order is qkv-major ([q k v], H, C).
+    (H, [q k v], C); the new order is qkv-major ([q k v], H, C). One copy puts the channels last,
+    so q, k and v have unit stride in C: the condition for PyTorch's fused attention kernels (on
+    the CPU, views with channels strided by T fall back to the unfused, slower math path).
     """
     batch, width, length = qkv.shape
     head_dim = width // (3 * num_heads)
+    tokens = qkv.transpose(1, 2).contiguous()
     if legacy_order:
-        q, k, v = qkv.reshape(batch, num_heads, 3 * head_dim, length).split(head_dim, dim=2)
+        q, k, v = tokens.view(batch, length, num_heads, 3 * head_dim).split(head_dim, dim=3)
     else:
-        q, k, v = qkv.reshape(batch, 3, num_heads, head_dim, length).unbind(1)
-    return tuple(z.transpose(-1, -2) for z in (q, k, v))
+        q, k, v = tokens.view(batch, length, 3, num_heads, head_dim).unbind(2)
+    return tuple(z.transpose(1, 2) for z in (q, k, v))
 
 
 def attend(qkv: torch.Tensor, num_heads: int, legacy_order: bool) -> torch.Tensor:
@@ -192,7 +211,7 @@ class AttentionBlock(nn.Module):
         batch, channels, *spatial = x.shape
         x = x.reshape(batch, channels, -1)
         h = attend(self.qkv(self.norm(x)), self.num_heads, self.legacy_order)
-        return (x + self.proj_out(h)).reshape(batch, channels, *spatial)
+        return self.proj_out(h).add_(x).reshape(batch, channels, *spatial)
 
 
 class AttentionPool2d(nn.Module):
