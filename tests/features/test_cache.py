@@ -110,3 +110,47 @@ def test_a_cache_made_with_other_settings_is_refused(unet, dataset, tmp_path):
         _writer(unet, tmp_path / "c", timesteps=[50, 301]).run(dataset, workers=0, progress=False)
     with pytest.raises(CacheError, match=r"noise.seed: cache has 0, asked for 1"):
         _writer(unet, tmp_path / "c", seed=1).run(dataset, workers=0, progress=False)
+
+
+def test_shards_are_written_while_the_model_runs_on(unet, dataset, tmp_path, monkeypatch):
+    """The writer thread writes shard 0 while the model computes shard 1: were the stages serial, the write
+    below would wait for a batch that is never computed and time out."""
+    import threading
+
+    second_batch = threading.Event()
+    overlapped = []
+    features, write = CacheWriter._features, CacheWriter._write_shard
+    calls = {"n": 0}
+
+    def counting_features(self, images, indices):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            second_batch.set()
+        return features(self, images, indices)
+
+    def waiting_write(self, shard, *args):
+        if shard == 0:
+            overlapped.append(second_batch.wait(timeout=20))
+        return write(self, shard, *args)
+
+    monkeypatch.setattr(CacheWriter, "_features", counting_features)
+    monkeypatch.setattr(CacheWriter, "_write_shard", waiting_write)
+    _writer(unet, tmp_path / "c").run(dataset, batch_size=4, workers=0, progress=False)
+    assert overlapped == [True]
+    monkeypatch.undo()
+    _writer(unet, tmp_path / "ref").run(dataset, batch_size=4, workers=0, progress=False)
+    ref, c = FeatureCache(tmp_path / "ref"), FeatureCache(tmp_path / "c")
+    for key in ref.keys:
+        assert torch.equal(ref.features(key).to_tensor(), c.features(key).to_tensor())
+
+
+def test_an_overflow_found_by_the_writer_thread_stops_the_extraction(unet, dataset, tmp_path, monkeypatch):
+    features = CacheWriter._features
+
+    def huge(self, images, indices):
+        return {name: f * 1e6 for name, f in features(self, images, indices).items()}
+
+    monkeypatch.setattr(CacheWriter, "_features", huge)
+    with pytest.raises(CacheError, match="overflows float16: use storage_dtype float32"):
+        _writer(unet, tmp_path / "c", storage_dtype="float16").run(dataset, batch_size=4, workers=0, progress=False)
+    assert not (tmp_path / "c" / "shard-00000.done.json").exists()

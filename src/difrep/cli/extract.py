@@ -41,7 +41,12 @@ def add_extract_args(p: argparse.ArgumentParser) -> None:
                    "block names (dift:1; difrep info lists them)")
     p.add_argument("--pool", type=int_list, default=[1], help="adaptive pool sizes, 0 = full map (default 1)")
     p.add_argument("--noise-draws", type=int, default=1, help="average features over K noise draws")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch from the loader")
+    p.add_argument("--chunk-size", type=chunk_size, default="auto", help="inputs (images x timesteps) per U-Net "
+                   "forward: 'auto' (default) measures the memory one input takes and runs as many as fit "
+                   "--memory-budget, at most a batch; or a number")
+    p.add_argument("--memory-budget", type=float, default=None, metavar="GIB", help="memory a forward may take "
+                   "with --chunk-size auto, in GiB (default: 80%% of the device's free memory)")
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--storage", choices=["float16", "float32"], default="float16")
     p.add_argument("--dtype", choices=list(PRECISIONS), default="fp32", help="autocast precision of the U-Net")
@@ -56,13 +61,26 @@ def extract_split(args: argparse.Namespace, model: torch.nn.Module, model_info: 
         out, model, args.timesteps, args.blocks, args.pool,
         description={"model": model_info, "data": data_description},
         seed=args.seed, num_noise_draws=args.noise_draws, shard_size=args.shard_size,
-        storage_dtype=args.storage, chunk_size=args.batch_size * len(args.timesteps), dtype=PRECISIONS[args.dtype],
+        storage_dtype=args.storage, chunk_size=args.chunk_size, dtype=PRECISIONS[args.dtype],
+        memory_budget=None if args.memory_budget is None else int(args.memory_budget * 2**30),
     )
     if rank == 0:
         writer.prepare(len(data))
     barrier(world)
     writer.run(data, args.batch_size, args.workers, rank, world, device)
     barrier(world)
+
+
+def chunk_size(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give 'auto' or a number of inputs >= 1")
+    return number
 
 
 def resolve_timesteps(args: argparse.Namespace, model: torch.nn.Module) -> None:

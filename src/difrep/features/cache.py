@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data.loader import build_loader
+from ..data.images import collate_skipping
+from ..data.loader import default_workers
 from ..errors import MissingKeyError, UserError
 from ..utils.files import atomic_write, file_sha256
 from .extractor import FeatureExtractor
@@ -102,8 +105,9 @@ class CacheWriter:
         num_noise_draws: int = 1,
         shard_size: int = 4096,
         storage_dtype: str = "float16",
-        chunk_size: int = 32,
+        chunk_size: int | str = "auto",
         dtype: torch.dtype | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         if storage_dtype not in ("float16", "float32"):
             raise UserError(f"storage_dtype={storage_dtype!r}: use float16 or float32")
@@ -114,7 +118,7 @@ class CacheWriter:
         single = self.pools[0] if len(self.pools) == 1 and self.pools[0] > 0 else None
         self.extractor = extractor = FeatureExtractor(
             model, timesteps, blocks, pool=single, noise="fixed", num_noise_draws=num_noise_draws,
-            seed=seed, chunk_size=chunk_size, dtype=dtype,
+            seed=seed, chunk_size=chunk_size, dtype=dtype, memory_budget=memory_budget,
         )
         self.keys = sorted(FeatureKey(t, b, p) for t in extractor.timesteps for b in extractor.blocks for p in self.pools)
         self.shard_size = shard_size
@@ -164,50 +168,63 @@ class CacheWriter:
         device: torch.device | str = "cpu",
         progress: bool = True,
     ) -> list[int]:
-        """Extract this process's missing shards; returns the shards it wrote."""
+        """Extract this process's missing shards; returns the shards it wrote.
+
+        Three stages overlap so that the model never waits: loader workers decode and transform the next
+        batches (pinned and copied asynchronously on CUDA), the model runs, and a writer thread moves the
+        previous batches' features to the host, checks them and writes each shard as it completes.
+        """
         n = len(dataset)  # type: ignore[arg-type]
         if rank == 0:
             self.prepare(n)
         elif not (self.out_dir / "manifest.json").exists():
             raise CacheError(f"{self.out_dir}: rank 0 has not written the manifest yet")
-        num_shards = math.ceil(n / self.shard_size)
-        todo = [s for s in range(rank, num_shards, world_size) if not self.shard_complete(s)]
-        written = []
-        bar = tqdm(total=sum(min(self.shard_size, n - s * self.shard_size) for s in todo),
-                   desc=f"extract {self.out_dir.name}", unit="img", disable=not progress)
+        device = torch.device(device)
+        todo = [s for s in range(rank, math.ceil(n / self.shard_size), world_size) if not self.shard_complete(s)]
+        batches, ends = [], []
         for shard in todo:
-            indices = range(shard * self.shard_size, min(n, (shard + 1) * self.shard_size))
-            loader = build_loader(Subset(dataset, list(indices)), batch_size, train=False, workers=workers)
-            parts: dict[str, list[np.ndarray]] = {k.name: [] for k in self.keys}
-            labels, seen = [], []
-            for batch in loader:
-                if batch is None:
-                    continue
-                images, batch_labels, batch_indices = batch
-                for name, array in self._features(images.to(device), batch_indices.tolist()).items():
-                    parts[name].append(array)
-                labels.append(batch_labels.numpy().astype(np.int64))
-                seen.append(batch_indices.numpy().astype(np.int64))
-                bar.update(len(images))
-            self._write_shard(shard, {k: np.concatenate(v) for k, v in parts.items()},
-                              np.concatenate(labels), np.concatenate(seen))
-            written.append(shard)
+            rows = list(range(shard * self.shard_size, min(n, (shard + 1) * self.shard_size)))
+            for start in range(0, len(rows), batch_size):
+                batches.append(rows[start : start + batch_size])
+                ends.append(shard if start + batch_size >= len(rows) else None)
+        workers = default_workers() if workers is None else workers
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_skipping,
+                            pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+        bar = tqdm(total=sum(len(b) for b in batches), desc=f"extract {self.out_dir.name}", unit="img",
+                   disable=not progress)
+        with _ShardWriterThread(self._write_rows, max_pending=4) as writer:
+            for rows, end, batch in zip(batches, ends, loader):
+                if batch is not None:
+                    images, labels, indices = batch
+                    images = images.to(device, non_blocking=True)
+                    writer.put(self._features(images, indices.tolist()), labels, indices)
+                if end is not None:
+                    writer.end_shard(end)
+                bar.update(len(rows))
         bar.close()
-        return written
+        return todo
 
-    def _features(self, images: torch.Tensor, indices: list[int]) -> dict[str, np.ndarray]:
+    def _features(self, images: torch.Tensor, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The batch's features in the storage dtype, still on the model's device."""
         feats = self.extractor(images, indices=indices)
+        dtype = torch.float16 if self.storage_dtype == "float16" else torch.float32
         out = {}
-        dtype = np.float16 if self.storage_dtype == "float16" else np.float32
         for key in self.keys:
             f = feats[(key.t, key.b)]
             if key.pool and self.extractor.pool is None:
                 f = F.adaptive_avg_pool2d(f, key.pool)
-            array = f.flatten(1).cpu().numpy().astype(dtype)
-            if not np.isfinite(array).all():
-                raise CacheError(f"feature {key.name} overflows {self.storage_dtype}: use storage_dtype float32")
-            out[key.name] = array
+            out[key.name] = f.flatten(1).to(dtype)
         return out
+
+    def _write_rows(self, shard: int, feats: dict[str, list[np.ndarray]], labels: list[np.ndarray],
+                    indices: list[np.ndarray]) -> None:
+        if not labels:
+            raise CacheError(f"{self.out_dir}: every image of shard {shard} was unreadable (skipped)")
+        for name, arrays in feats.items():
+            if not all(np.isfinite(a).all() for a in arrays):
+                raise CacheError(f"feature {name} overflows {self.storage_dtype}: use storage_dtype float32")
+        self._write_shard(shard, {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels),
+                          np.concatenate(indices))
 
     def _write_shard(self, shard: int, feats: dict[str, np.ndarray], labels: np.ndarray, indices: np.ndarray) -> None:
         files = {}
@@ -216,6 +233,76 @@ class CacheWriter:
             _save_npy(path, array)
             files[path.name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path), "rows": len(array)}
         _write_json(self.out_dir / f"shard-{shard:05d}.done.json", {"files": files})
+
+
+class _ShardWriterThread:
+    """Moves batches of features to the host and writes each shard once complete, on a thread of its own.
+
+    At most ``max_pending`` batches wait in its queue (the model blocks beyond that, bounding memory). An
+    error in the thread (a write, an overflow, an interrupt) is raised in the caller at its next call.
+    """
+
+    def __init__(self, write: Callable[..., None], max_pending: int) -> None:
+        self.write = write
+        self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="difrep-cache-writer", daemon=True)
+
+    def __enter__(self) -> _ShardWriterThread:
+        self.thread.start()
+        return self
+
+    def put(self, feats: dict[str, torch.Tensor], labels: torch.Tensor, indices: torch.Tensor) -> None:
+        host = {name: f.to("cpu", non_blocking=True) for name, f in feats.items()}
+        ready = None
+        if any(f.is_cuda for f in feats.values()):
+            ready = torch.cuda.Event()
+            ready.record()
+        self._send(("rows", host, ready, labels, indices))
+
+    def end_shard(self, shard: int) -> None:
+        self._send(("end", shard))
+
+    def _send(self, item: tuple) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _loop(self) -> None:
+        feats: dict[str, list[np.ndarray]] = {}
+        labels: list[np.ndarray] = []
+        indices: list[np.ndarray] = []
+        while True:
+            item = self.queue.get()
+            if item is None or self.error is not None:
+                if item is None:
+                    return
+                continue
+            try:
+                if item[0] == "rows":
+                    _, host, ready, batch_labels, batch_indices = item
+                    if ready is not None:
+                        ready.synchronize()
+                    for name, f in host.items():
+                        feats.setdefault(name, []).append(f.numpy())
+                    labels.append(batch_labels.numpy().astype(np.int64))
+                    indices.append(batch_indices.numpy().astype(np.int64))
+                else:
+                    self.write(item[1], feats, labels, indices)
+                    feats, labels, indices = {}, [], []
+            except BaseException as err:  # noqa: BLE001 - handed to the caller, which raises it
+                self.error = err
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        self.queue.put(None)
+        self.thread.join()
+        if exc is None and self.error is not None:
+            raise self.error
 
 
 def _check_shard(folder: Path, shard: int) -> dict:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import logging
+import sys
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -12,14 +14,20 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import Backbone
+from .memory import ActivationCost, chunk_for_budget, default_budget, measure_peak
 from .noise import noise_for_batch
+
+log = logging.getLogger("difrep.features")
 
 
 class FeatureExtractor(nn.Module):
     """Noise images to every requested step t and return the activations after every block b.
 
     All timesteps (and noise draws) of a batch are folded into one forward, split in chunks of
-    ``chunk_size`` images x steps to bound memory, and the U-Net stops at the deepest block. Any
+    ``chunk_size`` images x steps to bound memory, and the U-Net stops at the deepest block.
+    ``chunk_size="auto"`` measures the memory a forward takes per input (once per input shape, device,
+    dtype and grad mode) and then runs the largest chunks that fit ``memory_budget`` bytes (default: 80%
+    of the device's free memory when measured); see :mod:`difrep.features.memory`. Any
     :class:`difrep.models.Backbone` serves: images go through its ``encode`` (VAE latents for Stable
     Diffusion, mean/std for timm) and noise is added to that. A backbone without a noise step (timm)
     is run once per image, without noise, and its features are returned under every requested t.
@@ -40,9 +48,10 @@ class FeatureExtractor(nn.Module):
         noise: Literal["fixed", "fresh"] = "fixed",
         num_noise_draws: int = 1,
         seed: int = 0,
-        chunk_size: int = 32,
+        chunk_size: int | Literal["auto"] = "auto",
         dtype: torch.dtype | None = None,
         requires_grad: bool = False,
+        memory_budget: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -54,15 +63,23 @@ class FeatureExtractor(nn.Module):
         self.blocks = model.validate_blocks(list(blocks))
         if noise not in ("fixed", "fresh"):
             raise UserError(f"noise={noise!r}: use 'fixed' (evaluation) or 'fresh' (training)")
-        if num_noise_draws < 1 or chunk_size < 1:
-            raise UserError("num_noise_draws and chunk_size must be at least 1")
+        if num_noise_draws < 1:
+            raise UserError(f"num_noise_draws={num_noise_draws}: must be at least 1")
+        if chunk_size != "auto" and not (isinstance(chunk_size, int) and chunk_size >= 1):
+            raise UserError(f"chunk_size={chunk_size!r}: give a number of inputs >= 1, or 'auto'")
+        if memory_budget is not None and memory_budget <= 0:
+            raise UserError(f"memory_budget={memory_budget}: give a number of bytes > 0")
         self.pool = pool
         self.noise = noise
         self.num_noise_draws = num_noise_draws
         self.seed = seed
         self.chunk_size = chunk_size
+        self.memory_budget = memory_budget
         self.dtype = dtype
         self.requires_grad = requires_grad
+        #: chunk_size="auto": the measured cost and the chunk chosen, per (input shape, device, dtype, grad)
+        self.activation_costs: dict[tuple, ActivationCost] = {}
+        self.auto_chunks: dict[tuple, int] = {}
         self.eval()
 
     def _check_images(self, images: torch.Tensor) -> None:
@@ -122,21 +139,45 @@ class FeatureExtractor(nn.Module):
 
         grad = contextlib.nullcontext() if self.requires_grad else torch.no_grad()
         parts: dict[int, list[torch.Tensor]] = {b: [] for b in self.blocks}
+
+        def run(sel: slice | list[int]) -> dict[int, torch.Tensor]:
+            x_t = self.model.diffusion.q_sample(x0[sel], t[sel], eps[sel]) if noisy else x0[sel]
+            kwargs = {} if ylab is None else {"y": ylab[sel]}
+            feats = self.model.forward_intermediates(x_t, t[sel], indices=self.blocks, stop_early=True, **kwargs)
+            return {b: (f if self.pool is None else F.adaptive_avg_pool2d(f, self.pool)).float()
+                    for b, f in feats.items()}
+
         with grad, amp:
-            for start in range(0, x0.shape[0], self.chunk_size):
-                sl = slice(start, start + self.chunk_size)
-                x_t = self.model.diffusion.q_sample(x0[sl], t[sl], eps[sl]) if noisy else x0[sl]
-                kwargs = {} if ylab is None else {"y": ylab[sl]}
-                feats = self.model.forward_intermediates(
-                    x_t, t[sl], indices=self.blocks, stop_early=True, **kwargs
-                )
-                for b, f in feats.items():
-                    if self.pool is not None:
-                        f = F.adaptive_avg_pool2d(f, self.pool)
-                    parts[b].append(f.float())
+            chunk = self._chunk_size(run, x0)
+            for start in range(0, x0.shape[0], chunk):
+                for b, f in run(slice(start, start + chunk)).items():
+                    parts[b].append(f)
         out: dict[tuple[int, int], torch.Tensor] = {}
         for b, chunks in parts.items():
             f = torch.cat(chunks).unflatten(0, (n, steps, draws)).mean(dim=2)
             for i, step in enumerate(self.timesteps):
                 out[(step, b)] = f[:, i if noisy else 0]
         return out
+
+    def _chunk_size(self, run: Callable[[list[int]], dict[int, torch.Tensor]], x0: torch.Tensor) -> int:
+        """The fixed chunk size, or for ``chunk_size="auto"`` the one measured for this input shape, device,
+        dtype and grad mode. The measurement runs the first input alone and twice over and discards those
+        features, so the batch is chunked the same way whatever was measured first (a cache extracted in
+        one go and a resumed one hold the same values)."""
+        if self.chunk_size != "auto":
+            return self.chunk_size
+        key = (tuple(x0.shape[1:]), x0.device, self.dtype, torch.is_grad_enabled())
+        if key not in self.auto_chunks:
+            budget = self.memory_budget or default_budget(x0.device)
+            if budget is None:
+                log.warning("chunk_size='auto': the free memory of %s is unknown; each batch runs whole (pass "
+                            "memory_budget to bound it)", x0.device)
+                self.auto_chunks[key] = sys.maxsize
+                return sys.maxsize
+            peaks = [measure_peak(lambda sel=sel: run(sel), x0.device)[1] for sel in ([0], [0, 0])]
+            cost = ActivationCost.from_peaks(*peaks)
+            self.activation_costs[key] = cost
+            self.auto_chunks[key] = chunk_for_budget(cost, budget, "chunk_size='auto'")
+            log.info("chunk_size='auto': %.1f MiB per input (+%.1f MiB), %d inputs per forward within %.2f GiB",
+                     cost.per_input_bytes / 2**20, cost.fixed_bytes / 2**20, self.auto_chunks[key], budget / 2**30)
+        return self.auto_chunks[key]
