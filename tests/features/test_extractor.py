@@ -173,3 +173,22 @@ def test_per_image_noise_on_a_device_depends_only_on_the_index(device):
     b = per_image_noise((3, 4, 4), [11], seed=3, device=device)
     assert a.device.type == device.type
     torch.testing.assert_close(a[1], b[0], rtol=0, atol=0)
+
+
+def test_channels_last_and_compiled_extraction_match_the_default(unet, device):
+    import copy
+
+    import torch._dynamo
+
+    images = torch.rand(3, 3, 32, 32, device=device) * 2 - 1
+    model = copy.deepcopy(unet).to(device)
+    plain = FeatureExtractor(model, [90, 300], [6, 14], pool=2)(images, indices=[0, 1, 2])
+    last = FeatureExtractor(copy.deepcopy(model), [90, 300], [6, 14], pool=2, channels_last=True)
+    assert last.model.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = FeatureExtractor(model, [90, 300], [6, 14], pool=2, compile="eager")
+    for other in (last(images, indices=[0, 1, 2]), compiled(images, indices=[0, 1, 2])):
+        for key in plain:
+            torch.testing.assert_close(other[key], plain[key], rtol=1e-4, atol=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "dynamo traced nothing"

@@ -107,3 +107,4 @@ def test_bad_chunk_settings_are_refused(unet):
         FeatureExtractor(unet, [90], [14], chunk_size="big")
     with pytest.raises(ValueError, match="memory_budget=-1"):
         FeatureExtractor(unet, [90], [14], memory_budget=-1)
+

@@ -50,6 +50,9 @@ def add_extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--storage", choices=["float16", "float32"], default="float16")
     p.add_argument("--dtype", choices=list(PRECISIONS), default="fp32", help="autocast precision of the U-Net")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (measure first: "
+                   "benchmarks/extract.py)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (pays off on long GPU runs)")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: one per core)")
 
 
@@ -63,6 +66,7 @@ def extract_split(args: argparse.Namespace, model: torch.nn.Module, model_info: 
         seed=args.seed, num_noise_draws=args.noise_draws, shard_size=args.shard_size,
         storage_dtype=args.storage, chunk_size=args.chunk_size, dtype=PRECISIONS[args.dtype],
         memory_budget=None if args.memory_budget is None else int(args.memory_budget * 2**30),
+        channels_last=args.channels_last, compile=args.compile,
     )
     if rank == 0:
         writer.prepare(len(data))

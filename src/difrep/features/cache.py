@@ -108,6 +108,8 @@ class CacheWriter:
         chunk_size: int | str = "auto",
         dtype: torch.dtype | None = None,
         memory_budget: int | None = None,
+        channels_last: bool = False,
+        compile: bool | str = False,
     ) -> None:
         if storage_dtype not in ("float16", "float32"):
             raise UserError(f"storage_dtype={storage_dtype!r}: use float16 or float32")
@@ -119,6 +121,7 @@ class CacheWriter:
         self.extractor = extractor = FeatureExtractor(
             model, timesteps, blocks, pool=single, noise="fixed", num_noise_draws=num_noise_draws,
             seed=seed, chunk_size=chunk_size, dtype=dtype, memory_budget=memory_budget,
+            channels_last=channels_last, compile=compile,
         )
         self.keys = sorted(FeatureKey(t, b, p) for t in extractor.timesteps for b in extractor.blocks for p in self.pools)
         self.shard_size = shard_size

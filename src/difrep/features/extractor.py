@@ -37,6 +37,9 @@ class FeatureExtractor(nn.Module):
     > 1 averages features over that many draws.
     pool: adaptive average pooling of every feature map to pool x pool, or None for full maps.
     dtype: run the backbone under autocast in this dtype (torch.bfloat16 / torch.float16).
+    channels_last: convert the backbone's weights and each x_t to the channels-last memory format.
+    compile: run the backbone's ``forward_intermediates`` through ``torch.compile`` (True: the default
+    backend; a string names one). Both are opt-in: ``benchmarks/extract.py`` measures when they pay.
     """
 
     def __init__(
@@ -52,6 +55,8 @@ class FeatureExtractor(nn.Module):
         dtype: torch.dtype | None = None,
         requires_grad: bool = False,
         memory_budget: int | None = None,
+        channels_last: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -77,6 +82,13 @@ class FeatureExtractor(nn.Module):
         self.memory_budget = memory_budget
         self.dtype = dtype
         self.requires_grad = requires_grad
+        self.channels_last = channels_last
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        self._compiled = (
+            (torch.compile(model.forward_intermediates, backend=compile if isinstance(compile, str) else "inductor"),)
+            if compile else ()
+        )
         #: chunk_size="auto": the measured cost and the chunk chosen, per (input shape, device, dtype, grad)
         self.activation_costs: dict[tuple, ActivationCost] = {}
         self.auto_chunks: dict[tuple, int] = {}
@@ -142,8 +154,11 @@ class FeatureExtractor(nn.Module):
 
         def run(sel: slice | list[int]) -> dict[int, torch.Tensor]:
             x_t = self.model.diffusion.q_sample(x0[sel], t[sel], eps[sel]) if noisy else x0[sel]
+            if self.channels_last:
+                x_t = x_t.contiguous(memory_format=torch.channels_last)
             kwargs = {} if ylab is None else {"y": ylab[sel]}
-            feats = self.model.forward_intermediates(x_t, t[sel], indices=self.blocks, stop_early=True, **kwargs)
+            forward = self._compiled[0] if self._compiled else self.model.forward_intermediates
+            feats = forward(x_t, t[sel], indices=self.blocks, stop_early=True, **kwargs)
             return {b: (f if self.pool is None else F.adaptive_avg_pool2d(f, self.pool)).float()
                     for b, f in feats.items()}
 
