@@ -12,7 +12,9 @@ Checks (each in its own try/except, so one failure hides nothing else; exit code
    fp32, bf16 and fp16 autocast: images/s, finite outputs, and the relative error of bf16/fp16 against fp32
    (||x - x_fp32|| / ||x_fp32||, worst (t, b)). ADM zero-initialises the last layer of every residual
    branch; those weights get random values first, so that every branch takes part in the comparison.
-   "fp32" is PyTorch's default on CUDA, so convolutions may use TF32.
+   "fp32" is PyTorch's default on CUDA, so convolutions may use TF32. Then ``chunk_size="auto"`` under a
+   budget of a quarter of the free memory: the chunk picked from the measured cost per input, and the
+   peak of two chunks' extraction (the allocator's count), which must stay within the budget.
 3. step: one training step of every head (linear, mlp, cnn, attention, difformer, difeed), built by
    ``build_head`` with the paper's sizes (dim 1024, depth 2, 8 heads, 1000 classes), through the
    trainer's ``Classifier`` on the frozen U-Net, under fp16 autocast with ``torch.amp.GradScaler``: the
@@ -276,6 +278,32 @@ def make_extract_check(case: str, dtype_name: str, reference: dict[str, Any]) ->
         return result
 
     return check
+
+
+def check_auto_chunk(setup: Setup) -> dict[str, Any]:
+    """chunk_size="auto" under a budget of a quarter of the free memory (at most 8 GiB): the chunk it picks
+    from the measured cost per input, and the peak of a batch of two such chunks, which must stay within."""
+    import torch
+
+    from difrep import FeatureExtractor
+    from difrep.features.memory import available_bytes, measure_peak
+
+    model = setup.backbone()
+    timesteps, blocks = setup.fusion
+    budget = min(available_bytes(setup.dev) // 4, 8 * 2**30)
+    ext = FeatureExtractor(model, timesteps, blocks, pool=1, memory_budget=budget)
+    x = (torch.rand(1, 3, model.image_size, model.image_size) * 2 - 1).to(setup.dev)
+    ext(x, indices=[0])
+    cost, chunk = next(iter(ext.activation_costs.values())), next(iter(ext.auto_chunks.values()))
+    images = min(-(-2 * chunk // len(timesteps)), 64)
+    x = (torch.rand(images, 3, model.image_size, model.image_size) * 2 - 1).to(setup.dev)
+    seconds, (out, peak) = _timed(setup, lambda: measure_peak(lambda: ext(x, indices=list(range(images))), setup.dev), 1)
+    if not all(torch.isfinite(v).all() for v in out.values()):
+        raise AssertionError("non-finite features")
+    if peak > budget:
+        raise AssertionError(f"peak {peak / 2**20:.0f} MiB over the budget of {budget / 2**20:.0f} MiB")
+    return {"ips": images / seconds, "note": f"{cost.per_input_bytes / 2**20:.1f} MiB per input, chunk {chunk} in "
+                                             f"{budget / 2**30:.2f} GiB; peak {peak / 2**30:.2f} GiB"}
 
 
 def make_step_check(head_name: str) -> Callable[[Setup], dict[str, Any]]:
@@ -622,6 +650,7 @@ def all_checks(setup: Setup) -> list[tuple[str, Callable[[Setup], dict[str, Any]
     for case, label in (("gd", gd), ("fusion", fusion)):
         for dtype in ("fp32", "bf16", "fp16"):
             checks.append((f"extract {label} {dtype}, {setup.images} images", make_extract_check(case, dtype, reference)))
+    checks.append((f"extract chunk_size=auto {fusion} within a memory budget", check_auto_chunk))
     for head in ("linear", "mlp", "cnn", "attention", "difformer", "difeed"):
         checks.append((f"train step fp16+GradScaler: {head}", make_step_check(head)))
     for precision, head, finetune in (("fp16", "attention", False), ("bf16", "difeed", False), ("fp16", "linear", True)):

@@ -18,7 +18,7 @@ def test_gpu_check_passes_every_check_on_the_cpu(tmp_path):
     assert lines[0] == "| check | status | images/s | peak GPU memory (MiB) |"
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
     names = [row[0] for row in rows]
-    assert len(rows) == 21, names
+    assert len(rows) == 22, names
     for name, status, _images_per_s, peak in rows:
         assert peak == "-", "no GPU memory on the CPU"
         if name.startswith("DDP"):
@@ -27,6 +27,6 @@ def test_gpu_check_passes_every_check_on_the_cpu(tmp_path):
             assert status.startswith("pass"), (name, status)
     for head in ("linear", "mlp", "cnn", "attention", "difformer", "difeed"):
         assert any(n.endswith(f": {head}") for n in names), f"no training step of {head}"
-    assert sum(n.startswith("extract ") for n in names) == 6
+    assert sum(n.startswith("extract ") for n in names) == 7
     assert sum(n.startswith("train() ") for n in names) == 3
     assert out.read_text() in proc.stdout, "--out writes the table that is printed"

@@ -46,7 +46,9 @@ class GroupNorm32(nn.GroupNorm):
         weight = self.weight.float()[:, None, None] * gain
         bias = torch.addcmul(shift.float(), self.bias.float()[:, None, None], gain)
         normed = F.group_norm(x.float(), self.num_groups, None, None, self.eps)
-        return torch.addcmul(bias, normed, weight).type(x.dtype)
+        if normed.requires_grad:
+            return torch.addcmul(bias, normed, weight).type(x.dtype)
+        return torch.addcmul(bias, normed, weight, out=normed).type(x.dtype)  # no second full-size buffer
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
