@@ -365,7 +365,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats")
     parser.add_argument("--sections", default="reference,options,end-to-end,memory")
     parser.add_argument("--batch-size", type=int, default=8, help="end-to-end batch size")
-    parser.add_argument("--e2e-images", type=int, default=64, help="end-to-end: images in all")
+    parser.add_argument("--e2e-images", type=int, default=128, help="end-to-end: images in all")
     parser.add_argument("--workers", type=int, default=2, help="end-to-end loader workers")
     parser.add_argument("--budget-gib", type=float, default=2.0, help="memory section: the budget to check")
     parser.add_argument("--options", default=",".join(OPTIONS), help=f"options to measure, from {', '.join(OPTIONS)}")

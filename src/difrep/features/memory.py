@@ -2,15 +2,19 @@
 
 The cost of a forward is measured, not modelled: the peak memory it allocates above what was in use before,
 at two chunk sizes, gives a fixed part and a cost per input. On CUDA the caching allocator's counters measure
-it (kernel workspaces included); elsewhere (CPU, MPS) a dispatch mode follows every tensor storage the forward
-creates until it is freed (autograd's saved tensors included), so the figure is the same on any machine and
-does not depend on what the C allocator keeps cached.
+it (kernel workspaces included). On Linux CPUs the process's resident high-water mark does, after the C
+allocator has handed its free pages back, so oneDNN's reorder buffers count too. Elsewhere (MPS, other
+systems) a dispatch mode follows every tensor storage the forward creates until it is freed (autograd's saved
+tensors included, buffers inside kernels not).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -64,16 +68,57 @@ class LiveStorageMeter(TorchDispatchMode):
         return out
 
 
-def measure_peak(fn: Callable[[], T], device: torch.device | str) -> tuple[T, int]:
-    """``fn()`` and the peak bytes it allocated beyond the memory in use when it started."""
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
+#: how the CPU's peak is measured: "rss" (Linux with glibc) or "storages" (the dispatch-mode meter)
+CPU_METHOD = "rss" if _LIBC is not None else "storages"
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def _rss_peak(fn: Callable[[], T]) -> tuple[T, int]:
+    """The resident high-water mark's rise during ``fn``, counted from a heap trimmed of free pages."""
+    _LIBC.malloc_trim(0)
+    base = _status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+    result = fn()
+    return result, max(_status_bytes("VmHWM") - base, 0)
+
+
+def measure_peak(fn: Callable[[], T], device: torch.device | str, method: str | None = None) -> tuple[T, int]:
+    """``fn()`` and the peak bytes it allocated beyond the memory in use when it started.
+
+    method: "allocator" (CUDA), "rss" (Linux CPU) or "storages" (any device); None picks the device's.
+    """
     device = torch.device(device)
-    if device.type == "cuda":
+    method = method or ("allocator" if device.type == "cuda" else CPU_METHOD if device.type == "cpu" else "storages")
+    if method == "allocator":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         result = fn()
         torch.cuda.synchronize(device)
         return result, torch.cuda.max_memory_allocated(device) - base
+    if method == "rss":
+        if _LIBC is None:
+            raise RuntimeError("method='rss' needs Linux with glibc")
+        return _rss_peak(fn)
     with LiveStorageMeter() as meter:
         result = fn()
     return result, meter.peak
