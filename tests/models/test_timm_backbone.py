@@ -105,7 +105,7 @@ def test_extractor_runs_a_t_free_backbone_once_and_keys_every_t():
     model = create_model("timm:resnet50", image_size=32)
     calls = []
     model.net.layer1.register_forward_hook(lambda m, i, o: calls.append(len(o)))
-    extractor = FeatureExtractor(model, [0, 90, 300], [2, 4], pool=1)
+    extractor = FeatureExtractor(model, [0, 90, 300], [2, 4], pool=1, chunk_size=64)
     images = torch.rand(3, 3, 32, 32) * 2 - 1
     feats = extractor(images)  # no indices needed: there is no noise
     assert calls == [3], "one pass over the 3 images, not one per t"
