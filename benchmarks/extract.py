@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import torch
-from measure import in_use_bytes, peak_since_reset, reset_peak
 
 FLAGS_256 = dict(image_size=256, num_res_blocks=2, attention_resolutions="32,16,8", num_head_channels=64,
                  resblock_updown=True, learn_sigma=True, use_scale_shift_norm=True)
@@ -136,6 +135,7 @@ def reference_case(args: argparse.Namespace) -> dict:
     """Time one case on both implementations, interleaved call by call (this machine's speed drifts), or
     (``--path``) measure one implementation's peak memory alone in this process."""
     from difrep import create_model
+    from difrep.features.memory import measure_peak
     from difrep.heads.difeed import Feedback, feedback_pairs
 
     device, n = args.device, args.images
@@ -158,11 +158,8 @@ def reference_case(args: argparse.Namespace) -> dict:
         del ours  # the feedback layers only needed its block widths
     if args.path:
         sync(device)
-        base = in_use_bytes(device)
-        reset_peak(device)
-        runs[args.path]()
-        sync(device)
-        return {"peak_bytes": peak_since_reset(device) - base}
+        _, peak = measure_peak(runs[args.path], device)
+        return {"peak_bytes": peak}
     outputs = {name: run() for name, run in runs.items()}  # warm-up
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
@@ -244,6 +241,7 @@ def end_to_end_case(args: argparse.Namespace) -> dict:
 
 def memory_case(args: argparse.Namespace) -> dict:
     from difrep import FeatureExtractor, create_model
+    from difrep.features.memory import measure_peak
 
     device, spec = args.device, json.loads(args.spec)
     model = create_model("adm-256-uncond", num_channels=args.width).eval().to(device)
@@ -256,12 +254,9 @@ def memory_case(args: argparse.Namespace) -> dict:
     images = -(-chunk // len(spec["timesteps"]))  # enough images for one full chunk
     batch = torch.rand(images, 3, 256, 256, device=device) * 2 - 1
     sync(device)
-    base = in_use_bytes(device)
-    reset_peak(device)
-    ex(batch, indices=list(range(images)))
-    sync(device)
-    return {"fixed": cost.fixed_bytes, "per_input": cost.per_input_bytes, "chunk": chunk,
-            "peak": peak_since_reset(device) - base, "budget": budget}
+    _, peak = measure_peak(lambda: ex(batch, indices=list(range(images))), device)
+    return {"fixed": cost.fixed_bytes, "per_input": cost.per_input_bytes, "chunk": chunk, "peak": peak,
+            "budget": budget}
 
 
 def child(args: argparse.Namespace, timeout: float | None = None, **extra) -> dict:

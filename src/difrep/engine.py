@@ -240,6 +240,9 @@ class Engine:
                 bar.set_postfix(loss=f"{float(sums['loss']) / count:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.2e}")
         if pending:  # the period's last, shorter accumulation
             self._step_and_record({}, bar)
+        if not count and not t.step_schedule:  # step-scheduled tasks may resume at a period's very end
+            raise UserError(f"{t.position_name} {period}: not one training batch (training batches are full: is the data "
+                            "smaller than one batch? lower the batch size)")
         if not t.step_schedule:
             self.sched.step()
         return self._mean_over_processes(sums, count)

@@ -89,6 +89,11 @@ def test_bad_configs_fail_before_training(fake, tmp_path):
     assert not (tmp_path / "last.pt").exists()
 
 
+def test_data_smaller_than_one_batch_is_refused_not_left_untrained(fake, tmp_path):
+    with pytest.raises(ValueError, match="not one training batch.*lower the batch size"):
+        train(load_config(None, _overrides(fake, tmp_path, **{"optim.batch_size": 64})))  # 40 images
+
+
 @pytest.mark.parametrize("head", ["linear", "mlp", "cnn", "attention", "difformer", "difeed"])
 def test_every_head_learns_and_saves_only_what_it_trains(fake, tmp_path, head):
     """The fake images carry a label-dependent brightness: every head must lower its loss and beat chance

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -30,8 +30,12 @@ def build_loader(
     distributed: bool = False,
     seed: int = 0,
     drop_last: bool | None = None,
+    batch_sampler: Iterable[list[int]] | None = None,
 ) -> DataLoader:
     """Shuffle and drop the last partial batch when training; under DDP each process gets its shard.
+
+    ``batch_sampler`` (the indices of every batch, for a loader read once: a cache's shards, a period of
+    pretraining steps) replaces all of that; the workers, pinning and prefetching stay.
 
     Training always shuffles with a :class:`DistributedSampler` (call ``loader.sampler.set_epoch``), one
     process being a world of one: w processes with batch B then see, step by step, the same global
@@ -42,6 +46,9 @@ def build_loader(
     import torch.distributed as dist
 
     workers = default_workers() if workers is None else workers
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_skipping,
+                          pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers > 0 else None)
     sampler: torch.utils.data.Sampler | None = None
     if train:
         world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)

@@ -30,11 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..data.images import collate_skipping
-from ..data.loader import default_workers
+from ..data.loader import build_loader, default_workers
 from ..errors import MissingKeyError, UserError
 from ..utils.files import atomic_write, file_sha256
 from .extractor import FeatureExtractor
@@ -191,8 +190,7 @@ class CacheWriter:
                 batches.append(rows[start : start + batch_size])
                 ends.append(shard if start + batch_size >= len(rows) else None)
         workers = default_workers() if workers is None else workers
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate_skipping,
-                            pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+        loader = build_loader(dataset, 0, workers=workers, batch_sampler=batches)
         bar = tqdm(total=sum(len(b) for b in batches), desc=f"extract {self.out_dir.name}", unit="img",
                    disable=not progress)
         with _ShardWriterThread(self._write_rows, max_pending=4) as writer:
