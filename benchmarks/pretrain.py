@@ -21,7 +21,8 @@ def _guided(flags: dict):
 
     size = flags["image_size"]
     model = UNetModel(
-        image_size=size, in_channels=3, model_channels=flags["num_channels"], out_channels=6,
+        image_size=size, in_channels=flags["in_channels"], model_channels=flags["num_channels"],
+        out_channels=2 * flags["in_channels"],
         num_res_blocks=flags["num_res_blocks"],
         attention_resolutions=tuple(size // int(r) for r in flags["attention_resolutions"].split(",")),
         channel_mult=tuple(int(m) for m in flags["channel_mult"].split(",")), num_head_channels=flags["num_head_channels"],
@@ -33,11 +34,11 @@ def _guided(flags: dict):
     return model, diffusion
 
 
-def time_steps(model, losses, batch: int, device: str, steps: int) -> float:
+def time_steps(model, losses, batch: int, device: str, steps: int, channels: int) -> float:
     """Training steps per second (AdamW, hybrid loss), after one warm-up step."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
-    x0 = (torch.rand(batch, 3, 28, 28, generator=gen) * 2 - 1).to(device)
+    x0 = (torch.rand(batch, channels, 28, 28, generator=gen) * 2 - 1).to(device)
     for i in range(steps + 1):
         if i == 1:
             if device.startswith("cuda"):
@@ -72,9 +73,10 @@ def main() -> None:
     theirs, gd_diffusion = _guided(flags)
     theirs.to(args.device).train()
     theirs.load_state_dict(ours.state_dict())
+    channels = flags["in_channels"]
     ref = time_steps(theirs, lambda m, x, t, n: gd_diffusion.training_losses(m, x, t, noise=n), args.batch_size,
-                     args.device, args.steps)
-    mine = time_steps(ours, ours.diffusion.training_losses, args.batch_size, args.device, args.steps)
+                     args.device, args.steps, channels)
+    mine = time_steps(ours, ours.diffusion.training_losses, args.batch_size, args.device, args.steps, channels)
     print(f"{'case':44} {'steps/s':>8} {'images/s':>9} {'speed-up':>9}")
     print(f"{'train step, guided-diffusion UNetModel + loss':44} {ref:8.2f} {ref * args.batch_size:9.1f} {1:9.2f}x")
     print(f"{'train step, difrep ADMUNet + loss':44} {mine:8.2f} {mine * args.batch_size:9.1f} {mine / ref:9.2f}x")

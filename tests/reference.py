@@ -46,9 +46,9 @@ def gd_unet(**overrides):
     mult = f["channel_mult"] or {256: "1,1,2,2,4,4", 64: "1,2,3,4", 32: "1,2,2"}[f["image_size"]]
     return UNetModel(
         image_size=f["image_size"],
-        in_channels=3,
+        in_channels=f.get("in_channels", 3),
         model_channels=f["num_channels"],
-        out_channels=6 if f["learn_sigma"] else 3,
+        out_channels=f.get("in_channels", 3) * (2 if f["learn_sigma"] else 1),
         num_res_blocks=f["num_res_blocks"],
         attention_resolutions=tuple(f["image_size"] // int(r) for r in f["attention_resolutions"].split(",")),
         dropout=f["dropout"],

@@ -96,7 +96,8 @@ def test_train_uses_the_shipped_weights_when_asked(tmp_path, capsys):
 
     make_fashion_mnist(tmp_path, n=20, prefixes=("train", "t10k"))
     args = ["model.name=adm-fmnist-28", "data.name=fashion-mnist", f"data.root={tmp_path}", "data.check=false",
-            "data.workers=0", "features.blocks=[7]", "head.name=linear", "optim.epochs=1", f"run.out={tmp_path / 'r'}",
+            "data.workers=0", "features.blocks=[7]", "head.name=linear", "optim.epochs=1", "optim.batch_size=8",
+            f"run.out={tmp_path / 'r'}",
             "run.progress=false", "run.tensorboard=false"]
     shipped = create_model("adm-fmnist-28", pretrained=True).state_dict()
     exp = ClassificationTask(load_config(None, [*args, "model.pretrained=true"]))

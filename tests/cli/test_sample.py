@@ -19,7 +19,7 @@ def test_sample_writes_a_grid_and_is_reproducible(tmp_path, capsys):
     assert "6 images, DDIM with 10 steps" in capsys.readouterr().out
     assert Image.open(tmp_path / "a.png").size == (3 * 28 + 4 * 2, 2 * 28 + 3 * 2)
     a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
-    assert a.shape == (6, 3, 28, 28) and torch.equal(a, b) and a.abs().max() <= 1
+    assert a.shape == (6, 1, 28, 28) and torch.equal(a, b) and a.abs().max() <= 1  # a grey model: grey samples
     assert main(["sample", *args, "--method", "ddpm", "--seed", "1", "--out", str(tmp_path / "c.png"),
                  "--save-tensor", str(tmp_path / "c.pt")]) == 0
     assert not torch.equal(torch.load(tmp_path / "c.pt"), a)

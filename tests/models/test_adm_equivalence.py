@@ -29,6 +29,11 @@ CONFIGS = {
         channel_mult="1,2", attention_resolutions="32,16", num_heads=2, num_heads_upsample=4,
         conv_resample=False, num_res_blocks=3,
     ),
+    # one input channel (grey data, as the shipped model): 2 output channels with the learned variance
+    "grey-learned-sigma": dict(
+        in_channels=1, channel_mult="1,2", attention_resolutions="16", num_head_channels=16, resblock_updown=True,
+        learn_sigma=True,
+    ),
 }
 
 
@@ -54,7 +59,7 @@ def test_unet_matches_guided_diffusion(guided_diffusion, name):
     gd_model = randomize_(gd_unet(**flags)).eval()
     ours = _ours_from_gd(gd_model, flags)
 
-    x = torch.randn(3, 3, 32, 32)
+    x = torch.randn(3, flags.get("in_channels", 3), 32, 32)
     t = torch.tensor([0, 417, 999])
     y = torch.tensor([1, 7, 999]) if flags["class_cond"] else None
     captured = _block_outputs(gd_model)

@@ -105,3 +105,27 @@ def test_model_cast_to_bfloat16_runs():
         low = model.to(torch.bfloat16)(x.bfloat16(), 10)
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).norm() / ref.norm() < 0.05
+
+
+def test_a_one_channel_model_reads_rgb_images_as_their_grey_level(device):
+    from difrep.errors import UserError
+    from difrep.features import FeatureExtractor
+
+    torch.manual_seed(0)
+    grey_model = create_model("adm", image_size=28, in_channels=1, num_channels=32, channel_mult="1,2", num_res_blocks=1,
+                              attention_resolutions="14", learn_sigma=True).to(device)
+    randomize_(grey_model)
+    grey = torch.rand(2, 1, 28, 28, device=device) * 2 - 1
+    colour = torch.cat([grey + 0.2, grey - 0.1, grey - 0.1], dim=1)  # channel mean = grey
+    torch.testing.assert_close(grey_model.encode(grey.expand(-1, 3, -1, -1)), grey, rtol=0, atol=1e-7)
+    torch.testing.assert_close(grey_model.encode(colour), grey)
+    extractor = FeatureExtractor(grey_model, [50], [2, 5], noise="fixed", seed=0)
+    a, b = extractor(grey.expand(-1, 3, -1, -1), [0, 1]), extractor(grey, [0, 1])
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError, match="reads 1-channel images.*2, 2, 28, 28"):
+        grey_model.encode(grey.expand(-1, 2, -1, -1))
+    rgb_model = create_model("adm", image_size=28, num_channels=32, channel_mult="1,2", num_res_blocks=1,
+                             attention_resolutions="14")
+    with pytest.raises(UserError, match="reads 3-channel images"):
+        rgb_model.encode(grey)

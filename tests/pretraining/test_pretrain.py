@@ -143,3 +143,18 @@ def test_two_processes_take_the_steps_of_one(fake, tmp_path):
     # is on the whole weight vector; another batch, noise or gradient average moves it by about the step
     assert step > 0.01 and gap < 0.02 * step, f"2 processes differ by {gap:.2e}, the 4 steps moved {step:.2e}"
     create_model("adm", checkpoint=tmp_path / "two" / "ema.safetensors", **TINY)
+
+
+def test_a_one_channel_model_trains_on_the_grey_level_of_rgb_stored_images(fake, tmp_path):
+    from difrep.pretraining.trainer import DiffusionPretrainingTask
+
+    task = DiffusionPretrainingTask(_cfg(fake, tmp_path, **{"model.flags": json.dumps({**TINY, "in_channels": 1})}))
+    grey = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    rgb = grey.expand(-1, 3, -1, -1)
+    loss_rgb, terms_rgb = task.loss(task.model, rgb, step=5)
+    loss_grey, terms_grey = task.loss(task.model, grey, step=5)
+    assert loss_rgb.item() == pytest.approx(loss_grey.item(), rel=1e-5)
+    assert terms_rgb["mse"].item() == pytest.approx(terms_grey["mse"].item(), rel=1e-5)
+    summary = pretrain(_cfg(fake, tmp_path, **{"model.flags": json.dumps({**TINY, "in_channels": 1})}))
+    model = create_model("adm", checkpoint=summary["weights"], **{**TINY, "in_channels": 1})
+    assert model.out[-1].out_channels == 2 and model.input_shape == (1, 28, 28)

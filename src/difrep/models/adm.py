@@ -175,6 +175,16 @@ class _ADMTrunk(Backbone):
     def input_shape(self) -> tuple[int, int, int]:
         return (self.config.in_channels, self.image_size, self.image_size)
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """difrep's RGB images as this model's input x0: for a one-channel (grey) model their channel mean,
+        exact for grey data sets, which difrep reads as RGB so that every backbone takes the same images."""
+        channels = self.config.in_channels
+        if images.ndim == 4 and images.shape[1] == channels:
+            return images
+        if images.ndim == 4 and channels == 1 and images.shape[1] == 3:
+            return images.mean(dim=1, keepdim=True)
+        raise UserError(f"this model reads {channels}-channel images; got a batch of shape {tuple(images.shape)}")
+
     def describe(self) -> dict[str, Any]:
         return asdict(self.config)
 

@@ -44,6 +44,7 @@ _CLASSIFIER = dict(
 
 _FMNIST_28 = dict(
     image_size=28,
+    in_channels=1,  # grey data: a one-channel model cannot give its samples colour casts
     num_channels=32,
     channel_mult="1,2,2",
     num_res_blocks=2,
@@ -79,7 +80,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "adm-fmnist-28": Preset(
         ADMConfig(**_FMNIST_28), "adm_fmnist_28.safetensors",
-        "difrep's own: Fashion-MNIST 28, unconditional, 1.9M parameters (pretrained=True loads the shipped weights)",
+        "difrep's own: Fashion-MNIST 28, grey, unconditional, 1.9M parameters (pretrained=True loads the shipped weights)",
         shipped="adm_fmnist_28.safetensors",
     ),
     "adm-64-cond": Preset(

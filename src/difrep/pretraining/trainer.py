@@ -20,10 +20,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from ..data import build_transform, collate_skipping, load_split
-from ..data.loader import StepBatches, mix_seeds
+from ..data import build_transform, load_split
+from ..data.loader import StepBatches, build_loader, mix_seeds
 from ..engine import Engine, EngineSettings, Task
 from ..errors import UserError
 from ..evaluation.plots import plot_loss_curve
@@ -114,8 +113,7 @@ class DiffusionPretrainingTask(Task):
         o, d = self.cfg.optim, self.cfg.data
         stop = min((period + 1) * self.cfg.run.log_every, o.steps)
         steps = StepBatches(len(self.data), o.batch_size, self.cfg.run.seed, first_step, stop, self.rank, self.world)  # type: ignore[arg-type]
-        loader = DataLoader(self.data, batch_sampler=steps, num_workers=d.workers, collate_fn=collate_skipping,
-                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        loader = build_loader(self.data, o.batch_size, workers=d.workers, batch_sampler=steps)
         for step, batch in enumerate(loader, start=first_step):
             if batch is None:
                 raise UserError(f"step {step}: every image of the batch was unreadable")
@@ -123,6 +121,7 @@ class DiffusionPretrainingTask(Task):
 
     def loss(self, net: nn.Module, images: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The hybrid loss of this process's images; flips, t and noise drawn per image of the global batch."""
+        images = self.model.encode(images)  # RGB images as the model reads them (grey for a 1-channel model)
         n = images.shape[0]
         flip, t, noise = torch.zeros(n, dtype=torch.bool), torch.empty(n, dtype=torch.long), torch.empty(images.shape)
         for i in range(n):
