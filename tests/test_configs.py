@@ -46,8 +46,22 @@ def test_every_config_file_is_checked_here():
     on_disk = sorted(CONFIGS.glob("*.yaml"))
     assert on_disk, f"no configs found in {CONFIGS}"
     others = [CONFIGS / f"{name}.yaml" for name in [*BACKBONE_CONFIGS, *SEGMENTATION_CONFIGS, "scenes_upernet_fmnist",
-                                                       "coco_maskrcnn_gd_b24", "scenes_maskrcnn_fmnist"]]
+                                                       "coco_maskrcnn_gd_b24", "scenes_maskrcnn_fmnist",
+                                                       "study_fashion_mnist"]]
     assert sorted(HEAD_CONFIGS + PRETRAIN_CONFIGS + others) == on_disk
+
+
+def test_the_study_config_keeps_the_papers_probe_and_full_data():
+    from difrep.study import STAGES, StudyConfig
+
+    cfg = load_config(CONFIGS / "study_fashion_mnist.yaml", schema=StudyConfig)
+    assert cfg.data.train_per_class is None and cfg.data.test_per_class is None, "all 60,000 / 10,000 images"
+    p = cfg.sweep.probe
+    assert (p.epochs, p.lr, p.step_epochs, p.gamma, p.momentum) == (28, 1e-2, 7, 0.1, 0.9), "the GD linear probe"
+    assert cfg.sweep.knn_ks == [20, 200] and sorted(cfg.sweep.pools) == [1, 2, 4] and cfg.sweep.pool == 2
+    assert cfg.semi.percents == [1, 10] and cfg.cka.images == 2500 and len(cfg.heads.seeds) == 3
+    assert set(cfg.heads.strategies) == {"bottleneck", "all", "windowed", "multi-scale"}
+    assert cfg.run.stages == list(STAGES)
 
 
 @pytest.mark.parametrize("path", HEAD_CONFIGS, ids=lambda p: p.stem)
@@ -84,7 +98,7 @@ def test_head_config_follows_the_papers_protocol(path):
 @pytest.mark.parametrize("path", PRETRAIN_CONFIGS, ids=lambda p: p.stem)
 def test_pretrain_config_builds_the_shipped_model(path):
     """SPEC.md says nothing about pretraining: the config must reproduce the model difrep ships
-    (adm-fmnist-28, 1,923,622 parameters), trained on Fashion-MNIST."""
+    (adm-fmnist-28, 1,921,890 parameters, one input channel), trained on Fashion-MNIST."""
     cfg = load_config(path, schema=PretrainConfig)
     assert isinstance(cfg, PretrainConfig)
     assert cfg.data.name == "fashion-mnist" and cfg.data.split == "train"
@@ -92,7 +106,7 @@ def test_pretrain_config_builds_the_shipped_model(path):
     model = create_model(cfg.model.name, **cfg.model.flags)
     shipped = PRESETS["adm-fmnist-28"].config
     assert model.config == shipped
-    assert sum(p.numel() for p in model.parameters()) == 1_923_622
+    assert sum(p.numel() for p in model.parameters()) == 1_921_890
     assert cfg.optim.steps > 0 and cfg.optim.batch_size > 0 and 0 < cfg.optim.lr < 1e-2
     assert 0 < cfg.optim.ema_decay < 1
 

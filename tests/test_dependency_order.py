@@ -19,7 +19,8 @@ LAYERS = {
     "engine": 7,
     "training": 8, "pretraining": 8, "dense": 8,
     "demo": 9,
-    "cli": 10,
+    "study": 10,
+    "cli": 11,
 }
 ROOT = Path(difrep.__file__).parent
 
