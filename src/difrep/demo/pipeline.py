@@ -13,7 +13,7 @@ import json
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +136,14 @@ def train_heads(model: nn.Module, cfg: DemoConfig, settings: dict[str, Any], spl
                    for split, folder, tag in zip(splits, folders, ("train", "test")))
     results = [linear_baseline(caches, FeatureKey(settings["t"], settings["b"], 2), cfg.seeds)]  # type: ignore[arg-type]
     weights = {"checkpoint": cfg.checkpoint} if cfg.checkpoint else {"pretrained": True}
-    data = {"name": "fashion-mnist", "root": cfg.data_root, "per_class": min(cfg.head_train_per_class, cfg.train_per_class),
+    per_class = min(cfg.head_train_per_class, cfg.train_per_class)
+    protocol = replace(cfg.protocol, batch_size=min(cfg.protocol.batch_size, 10 * per_class))  # one batch at least
+    data = {"name": "fashion-mnist", "root": cfg.data_root, "per_class": per_class,
             "test_per_class": cfg.test_per_class, "subset_seed": 0, "flip": False, "workers": 0}
     head = {"dim": cfg.head_dim, "depth": cfg.head_depth, "num_heads": cfg.head_heads, "max_tokens": p}
     folder = out / "heads"
     folder.mkdir(parents=True, exist_ok=True)
-    for name, setting, config in head_configs({"name": MODEL, **weights}, data, folders, settings, head, cfg.protocol,
+    for name, setting, config in head_configs({"name": MODEL, **weights}, data, folders, settings, head, protocol,
                                               cfg.progress):
         results.append(train_head(name, setting, config, folder, cfg.seeds))
     return results
