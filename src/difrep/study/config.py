@@ -106,6 +106,9 @@ class StudyRun:
     progress: bool = True
     workers: int = 1
     shard_size: int = 5000  # feature caches resume shard by shard
+    # inputs per forward when extracting: on a 2-core CPU, 64 runs the 28-pixel model at 156 images/s (all blocks),
+    # 512 at 70 (cache locality); chunk_size="auto" would take the whole batch there
+    chunk_size: int = 64
 
 
 @dataclass

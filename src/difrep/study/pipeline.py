@@ -146,7 +146,7 @@ class Study:
         description = {"model": {"name": MODEL, "weights": weights}, "split": split,
                        "data": {"root": d.root, "per_class": d.train_per_class if split == "train" else d.test_per_class}}
         writer = CacheWriter(folder, model, timesteps, blocks, pools, description=description, seed=0,
-                             shard_size=self.cfg.run.shard_size)
+                             shard_size=self.cfg.run.shard_size, chunk_size=self.cfg.run.chunk_size)
         writer.run(self.splits[split], batch_size=256, workers=self.cfg.run.workers, device=self.device,
                    progress=self.progress)
         return FeatureCache(folder)
