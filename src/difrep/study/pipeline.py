@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from ..data import balanced_subset, build_transform, held_out_split, load_split
 from ..demo import choose_settings
+from ..dense.study import mean_std
 from ..diffusion import sample
 from ..errors import UserError
 from ..evaluation.cka import cka_matrix
@@ -69,8 +70,8 @@ def memo(path: Path, compute: Callable[[], Any]) -> Any:
 
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
-    t = torch.tensor(list(values), dtype=torch.float64)
-    return {"values": list(values), "mean": float(t.mean()), "std": float(t.std()) if len(t) > 1 else 0.0}
+    mean, std = mean_std(values) if values else (float("nan"), 0.0)
+    return {"values": list(values), "mean": mean, "std": std}
 
 
 class Study:
