@@ -13,6 +13,9 @@ Sections (all by default):
               the extractor alone on tensors already in memory, same batch size.
   memory      the activation cost per input measured by ``chunk_size="auto"``, the largest chunk (images x
               timesteps) for several budgets, and a run at the chunk chosen for --budget-gib checked against it.
+  chunks      the shipped 28-pixel model (``adm-fmnist-28``, as the study extracts: every block, pool 2) at
+              fixed chunk sizes and at ``chunk_size="auto"``: where memory is no limit, the chunk still sets
+              the speed (on a CPU, through the caches).
 
 Every measurement runs in a fresh process, so that its peak memory is its own (CPU: the resident high-water
 mark, reset before the timed calls; CUDA: peak allocated memory).
@@ -352,13 +355,30 @@ def memory_section(args: argparse.Namespace) -> None:
     print("\ninputs = images x timesteps; 24 GiB: this machine, 80: an A100/H100, 141: an H200")
 
 
+def chunks_section(args: argparse.Namespace) -> None:
+    from difrep import FeatureExtractor, create_model
+
+    images = 512
+    print(f"\n### Chunk size and speed: adm-fmnist-28, {images} images, t = 50, blocks 1-19, pool 2 "
+          f"({args.device}, best of {args.repeats})\n")
+    model = create_model("adm-fmnist-28").eval().to(args.device)
+    batch = torch.rand(images, 3, 28, 28, device=args.device) * 2 - 1
+    rows = []
+    for chunk in (16, 64, 256, images, "auto"):
+        ex = FeatureExtractor(model, [50], list(range(1, 20)), pool=2, chunk_size=chunk)
+        seconds = best_seconds(lambda ex=ex: ex(batch, indices=list(range(images))), args.repeats, args.device)
+        chosen = next(iter(ex.auto_chunks.values())) if chunk == "auto" else chunk
+        rows.append([f"{chunk}" + (f" (chose {chosen})" if chunk == "auto" else ""), f"{images / seconds:.0f}"])
+    table(["chunk_size", "images/s"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--width", type=int, default=64, help="num_channels (256 is the real model)")
     parser.add_argument("--images", type=int, default=1, help="images per forward")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats")
-    parser.add_argument("--sections", default="reference,options,end-to-end,memory")
+    parser.add_argument("--sections", default="reference,options,end-to-end,memory,chunks")
     parser.add_argument("--batch-size", type=int, default=8, help="end-to-end batch size")
     parser.add_argument("--e2e-images", type=int, default=128, help="end-to-end: images in all")
     parser.add_argument("--workers", type=int, default=2, help="end-to-end loader workers")
@@ -382,7 +402,7 @@ def main() -> None:
         args.weights = Path(workdir) / "weights.pt"
         make_weights(args.width, args.weights)
         sections = {"reference": reference_section, "options": options_section, "end-to-end": end_to_end_section,
-                    "memory": memory_section}
+                    "memory": memory_section, "chunks": chunks_section}
         for name in args.sections.split(","):
             sections[name](args)
 

@@ -50,8 +50,9 @@ def test_the_resident_peak_counts_what_a_forward_allocates():
 
 
 def test_cost_arithmetic():
-    cost = ActivationCost.from_peaks(one=130, two=230)
+    cost = ActivationCost.from_peaks(one=130, many=230)
     assert (cost.fixed_bytes, cost.per_input_bytes) == (30, 100)
+    assert ActivationCost.from_peaks(one=130, many=430, n=4) == cost
     for budget in (0, 129, 130, 999, 1030, 1031):
         n = cost.max_inputs(budget)
         assert cost.fixed_bytes + n * cost.per_input_bytes <= budget or n == 0
@@ -80,7 +81,7 @@ def test_auto_chunks_fit_the_budget_and_the_next_size_would_not(unet_on, device,
     images = torch.rand(n, 3, 32, 32, device=device) * 2 - 1
     out = ex(images, indices=list(range(n)))
     del unet_on.forward_intermediates
-    assert sizes == [1, 2, 4, 4, 2], "two probes, then chunks of 4 over the 5 x 2 inputs"
+    assert sizes == [1, 1, memory.PROBE_INPUTS, 4, 4, 2], "warm-up, two probes, then chunks of 4 over 5 x 2 inputs"
 
     def forward(k: int) -> None:
         x = torch.randn(k, 3, 32, 32, device=device)
@@ -91,6 +92,23 @@ def test_auto_chunks_fit_the_budget_and_the_next_size_would_not(unet_on, device,
     whole = FeatureExtractor(unet_on, timesteps, blocks, chunk_size=64)(images, indices=list(range(n)))
     for key in whole:
         torch.testing.assert_close(out[key], whole[key], rtol=1e-5, atol=1e-5)
+
+
+def test_auto_chunks_of_a_small_model_are_measured_and_capped_on_a_cpu(device):
+    """The 28-pixel model's activations are a few MiB an input, which a probe of one and two inputs measured as
+    1 byte (so every batch ran whole, at half the speed of chunks of 64); a CPU never takes more than
+    CPU_MAX_CHUNK, an accelerator takes what fits."""
+    from difrep import create_model
+
+    with pytest.warns(UserWarning, match="random weights"):
+        model = create_model("adm-fmnist-28", pretrained=False).eval().to(device)
+    ex = FeatureExtractor(model, [5, 50], list(range(1, 20)), pool=2, memory_budget=10**12)
+    ex(torch.rand(3, 3, 28, 28, device=device) * 2 - 1, indices=[0, 1, 2])
+    cost, chunk = next(iter(ex.activation_costs.values())), next(iter(ex.auto_chunks.values()))
+    if device.type == "cpu" and memory.CPU_METHOD == "rss":
+        assert cost.per_input_bytes > 2**20, "19 blocks of 32-64 channels at 7-28 pixels: MiBs an input"
+    assert (chunk == memory.CPU_MAX_CHUNK) == (device.type == "cpu")
+    assert chunk >= memory.CPU_MAX_CHUNK
 
 
 def test_auto_chunks_do_not_depend_on_what_was_extracted_first(unet):

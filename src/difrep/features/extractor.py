@@ -14,7 +14,14 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import Backbone
-from .memory import ActivationCost, chunk_for_budget, default_budget, measure_peak
+from .memory import (
+    CPU_MAX_CHUNK,
+    PROBE_INPUTS,
+    ActivationCost,
+    chunk_for_budget,
+    default_budget,
+    measure_peak,
+)
 from .noise import noise_for_batch
 
 log = logging.getLogger("difrep.features")
@@ -27,7 +34,7 @@ class FeatureExtractor(nn.Module):
     ``chunk_size`` images x steps to bound memory, and the U-Net stops at the deepest block.
     ``chunk_size="auto"`` measures the memory a forward takes per input (once per input shape, device,
     dtype and grad mode) and then runs the largest chunks that fit ``memory_budget`` bytes (default: 80%
-    of the device's free memory when measured); see :mod:`difrep.features.memory`. Any
+    of the device's free memory when measured; on a CPU at most ``CPU_MAX_CHUNK``); see :mod:`difrep.features.memory`. Any
     :class:`difrep.models.Backbone` serves: images go through its ``encode`` (VAE latents for Stable
     Diffusion, mean/std for timm) and noise is added to that. A backbone without a noise step (timm)
     is run once per image, without noise, and its features are returned under every requested t.
@@ -176,8 +183,8 @@ class FeatureExtractor(nn.Module):
 
     def _chunk_size(self, run: Callable[[list[int]], dict[int, torch.Tensor]], x0: torch.Tensor) -> int:
         """The fixed chunk size, or for ``chunk_size="auto"`` the one measured for this input shape, device,
-        dtype and grad mode. The measurement runs the first input alone and twice over and discards those
-        features, so the batch is chunked the same way whatever was measured first (a cache extracted in
+        dtype and grad mode (at most CPU_MAX_CHUNK on a CPU). The measurement runs the first input alone (twice: the
+        first warms up) and PROBE_INPUTS times over and discards those features, so the batch is chunked the same way whatever was measured first (a cache extracted in
         one go and a resumed one hold the same values)."""
         if self.chunk_size != "auto":
             return self.chunk_size
@@ -189,10 +196,12 @@ class FeatureExtractor(nn.Module):
                             "memory_budget to bound it)", x0.device)
                 self.auto_chunks[key] = sys.maxsize
                 return sys.maxsize
-            peaks = [measure_peak(lambda sel=sel: run(sel), x0.device)[1] for sel in ([0], [0, 0])]
-            cost = ActivationCost.from_peaks(*peaks)
+            run([0])  # one-time allocations (kernel libraries, workspaces) would otherwise count as per input
+            peaks = [measure_peak(lambda sel=sel: run(sel), x0.device)[1] for sel in ([0], [0] * PROBE_INPUTS)]
+            cost = ActivationCost.from_peaks(*peaks, n=PROBE_INPUTS)
             self.activation_costs[key] = cost
-            self.auto_chunks[key] = chunk_for_budget(cost, budget, "chunk_size='auto'")
+            chunk = chunk_for_budget(cost, budget, "chunk_size='auto'")
+            self.auto_chunks[key] = min(chunk, CPU_MAX_CHUNK) if x0.device.type == "cpu" else chunk
             log.info("chunk_size='auto': %.1f MiB per input (+%.1f MiB), %d inputs per forward within %.2f GiB",
                      cost.per_input_bytes / 2**20, cost.fixed_bytes / 2**20, self.auto_chunks[key], budget / 2**30)
         return self.auto_chunks[key]

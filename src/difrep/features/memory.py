@@ -30,6 +30,13 @@ T = TypeVar("T")
 
 #: the share of the free memory that ``chunk_size="auto"`` plans to use when no budget is given
 DEFAULT_MEMORY_FRACTION = 0.8
+#: inputs in the second of the two forwards that measure a cost per input: with two, the difference of two
+#: resident-memory peaks of a small model is lost in the page reuse of the C heap (1 byte was measured)
+PROBE_INPUTS = 4
+#: the most inputs ``chunk_size="auto"`` puts in one forward on a CPU: beyond this, memory is plentiful but
+#: the activations leave the caches (28-pixel model, every block, 2-core CPU: 117 images/s in chunks of 16,
+#: 135 in chunks of 64, 98 of 256, 85 in one of 512; ``python benchmarks/extract.py --sections chunks``)
+CPU_MAX_CHUNK = 64
 
 
 class LiveStorageMeter(TorchDispatchMode):
@@ -132,9 +139,9 @@ class ActivationCost:
     per_input_bytes: int
 
     @classmethod
-    def from_peaks(cls, one: int, two: int) -> ActivationCost:
-        """From the measured peaks of forwards of one and of two inputs."""
-        per_input = max(two - one, 1)
+    def from_peaks(cls, one: int, many: int, n: int = 2) -> ActivationCost:
+        """From the measured peaks of forwards of one input and of ``n`` inputs."""
+        per_input = max((many - one) // (n - 1), 1)
         return cls(max(one - per_input, 0), per_input)
 
     def max_inputs(self, budget_bytes: int) -> int:
