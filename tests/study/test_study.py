@@ -130,3 +130,6 @@ def test_a_tiny_study_runs_every_stage_and_resumes_without_recomputing(tmp_path,
     assert (out / "report.md").read_text().split("## Time")[0] == untimed, "the report keeps earlier calls' stages"
     assert main([*args, "sweep.probe.epochs=3"]) == 2
     assert "another config (changed: sweep.probe)" in capsys.readouterr().err
+    save_file({k: v.contiguous() + 1 for k, v in model.state_dict().items()}, str(weights))  # retrained, same path
+    assert main(args) == 2
+    assert "another config (changed: model.weights_sha256)" in capsys.readouterr().err

@@ -88,9 +88,11 @@ class Study:
         self._check_config()
 
     def _check_config(self) -> None:
-        """A study folder holds the results of one config: changing a protocol means another ``run.out``
-        (the run options, which stages to run and how, may change between calls)."""
+        """A study folder holds the results of one config and one model: changing a protocol or the weights
+        (a retrained shipped model) means another ``run.out`` (the run options, which stages to run and how,
+        may change between calls)."""
         mine = {k: v for k, v in self.cfg.to_dict().items() if k != "run"}
+        mine["model"] = {**mine["model"], "weights_sha256": weights_sha256(self.model)}
         path = self.out / "config.json"
         if path.is_file():
             theirs = json.loads(path.read_text())
