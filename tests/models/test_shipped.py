@@ -90,7 +90,8 @@ def test_the_shipped_models_samples_are_grey_garments_a_classifier_recognises(sh
     samples = sample(shipped, 48, steps=50, method="ddim", seed=0)
     assert samples.shape == (48, 1, 28, 28) and channel_disagreement(samples.expand(-1, 3, -1, -1)) == 0.0
     seen = sample_recognition(classifier, samples, xt, threshold=0.9)
-    # the study measures 46% of 256 samples against 70% of the test images (docs/pretraining.md); noise or a
-    # broken sampler gives next to none
-    assert seen["samples"].confident_rate > 0.5 * seen["real"].confident_rate, seen
+    # the study measures 57% of 256 samples against 70% of the test images (docs/pretraining.md); this smaller
+    # classifier is surer of neither (52% of these 48 samples, 50% of the test images); noise or a broken
+    # sampler gives next to none
+    assert seen["samples"].confident_rate > 0.75 * seen["real"].confident_rate, seen
     assert sum(c > 0 for c in seen["samples"].class_counts) >= 5, seen
