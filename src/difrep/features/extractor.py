@@ -34,8 +34,8 @@ class FeatureExtractor(nn.Module):
     ``chunk_size`` images x steps to bound memory, and the U-Net stops at the deepest block.
     ``chunk_size="auto"`` measures the memory a forward takes per input (once per input shape, device,
     dtype and grad mode) and then runs the largest chunks that fit ``memory_budget`` bytes (default: 80%
-    of the device's free memory when measured; on a CPU at most ``CPU_MAX_CHUNK``); see :mod:`difrep.features.memory`. Any
-    :class:`difrep.models.Backbone` serves: images go through its ``encode`` (VAE latents for Stable
+    of the device's free memory when measured; on a CPU at most ``CPU_MAX_CHUNK``); see
+    :mod:`difrep.features.memory`. Any :class:`difrep.models.Backbone` serves: images go through its ``encode`` (VAE latents for Stable
     Diffusion, mean/std for timm) and noise is added to that. A backbone without a noise step (timm)
     is run once per image, without noise, and its features are returned under every requested t.
 
@@ -183,9 +183,10 @@ class FeatureExtractor(nn.Module):
 
     def _chunk_size(self, run: Callable[[list[int]], dict[int, torch.Tensor]], x0: torch.Tensor) -> int:
         """The fixed chunk size, or for ``chunk_size="auto"`` the one measured for this input shape, device,
-        dtype and grad mode (at most CPU_MAX_CHUNK on a CPU). The measurement runs the first input alone (twice: the
-        first warms up) and PROBE_INPUTS times over and discards those features, so the batch is chunked the same way whatever was measured first (a cache extracted in
-        one go and a resumed one hold the same values)."""
+        dtype and grad mode (at most CPU_MAX_CHUNK on a CPU). The measurement runs the first input alone
+        (twice: the first warms up) and PROBE_INPUTS times over and discards those features, so the batch is
+        chunked the same way whatever was measured first (a cache extracted in one go and a resumed one hold
+        the same values)."""
         if self.chunk_size != "auto":
             return self.chunk_size
         key = (tuple(x0.shape[1:]), x0.device, self.dtype, torch.is_grad_enabled())

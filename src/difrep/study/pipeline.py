@@ -92,7 +92,7 @@ class Study:
         (a retrained shipped model) means another ``run.out`` (the run options, which stages to run and how,
         may change between calls)."""
         mine = {k: v for k, v in self.cfg.to_dict().items() if k != "run"}
-        mine["model"] = {**mine["model"], "weights_sha256": weights_sha256(self.model)}
+        mine["model"] = {**mine["model"], "weights_sha256": self.model_sha256}
         path = self.out / "config.json"
         if path.is_file():
             theirs = json.loads(path.read_text())
@@ -110,6 +110,11 @@ class Study:
         c = self.cfg.model
         model = create_model(MODEL, checkpoint=c.checkpoint) if c.checkpoint else create_model(MODEL, pretrained=True)
         return model.requires_grad_(False).to(self.device)
+
+    @cached_property
+    def model_sha256(self) -> str:
+        """The studied weights' identity, recorded with the config and in every cache of them."""
+        return weights_sha256(self.model)
 
     @cached_property
     def random_model(self) -> nn.Module:
@@ -144,7 +149,7 @@ class Study:
         """Features of one split (fixed per-image noise, seed 0), extracted once, resumed shard by shard."""
         folder = self.out / "cache" / f"{name}-{split}"
         weights = (f"random init, seed {self.cfg.model.random_seed}" if name.startswith("random")
-                   else weights_sha256(model))
+                   else self.model_sha256)
         d = self.cfg.data
         description = {"model": {"name": MODEL, "weights": weights}, "split": split,
                        "data": {"root": d.root, "per_class": d.train_per_class if split == "train" else d.test_per_class}}
