@@ -43,7 +43,11 @@ def test_verdicts_follow_the_numbers():
         "cka": {"blocks": [1, 19], "timesteps": [5, 500], "across_blocks": [[1, 0.3], [0.3, 1]],
                 "across_timesteps": [[1, 0.9], [0.9, 1]]},
     }
-    verdicts = {claim.split(" (")[0]: v for claim, v, _ in findings(results, 19, 10)}
+    tested = findings(results, 19, 10)
+    verdicts = {f.claim.split(" (")[0]: f.verdict for f in tested}
+    stages = {f.claim.split(" (")[0]: f.stage for f in tested}
+    assert stages["kNN follows the linear probe's trends"] == "knn" and stages["Fusion"] == "heads"
+    assert stages["Trained diffusion features beat a random-init copy and raw pixels"] == "controls"
     assert verdicts["Trained diffusion features beat a random-init copy and raw pixels"] == "yes"
     assert verdicts["A middle noise step is best"] == "yes"
     assert verdicts["Middle blocks, near the bottleneck, are best"] == "yes"
@@ -57,10 +61,10 @@ def test_verdicts_follow_the_numbers():
     assert verdicts["Features differ greatly across blocks and timesteps"] == "yes"
     results["semi"] = {"fractions": [{"percent": 1, "heads": [_head("Linear, 1%", [40.0]), _head("DifFormer, 1%", [45.0]),
                                                              _head("DifFeed (bottleneck), 1%", [39.0])]}]}
-    verdicts = {claim.split(" beats GD")[0]: v for claim, v, _ in findings(results, 19, 10) if "beats GD" in claim}
+    verdicts = {f.claim.split(" beats GD")[0]: f.verdict for f in findings(results, 19, 10) if f.stage == "semi"}
     assert verdicts == {"DifFormer": "yes (one seed)", "DifFeed (bottleneck)": "no (one seed)"}
     results["sweep"]["best"] = _row(500, 2, 2, 60)
-    verdicts = {claim.split(" (")[0]: v for claim, v, _ in findings(results, 19, 10)}
+    verdicts = {f.claim.split(" (")[0]: f.verdict for f in findings(results, 19, 10)}
     assert verdicts["A middle noise step is best"] == verdicts["Middle blocks, near the bottleneck, are best"] == "no"
     assert verdicts["Trained diffusion features beat a random-init copy and raw pixels"] == "no"
 
@@ -115,6 +119,9 @@ def test_a_tiny_study_runs_every_stage_and_resumes_without_recomputing(tmp_path,
     assert torch.allclose(blocks.diagonal(), torch.ones(3), atol=1e-6) and torch.allclose(blocks, blocks.T, atol=1e-9)
     report = (out / "report.md").read_text()
     assert "| A middle noise step is best (Figure 3) |" in report and "DifFeed (bottleneck)" in report
+    sweep_section = report.split("## Linear probe over t, b and pool")[1].split("\n## ")[0]
+    assert "| A middle noise step is best (Figure 3) |" in sweep_section, "each table repeats the findings it tests"
+    assert "Table 9" not in sweep_section and "| kNN follows" in report.split("## kNN")[1].split("\n## ")[0]
 
     def refuse(*a, **k):
         raise AssertionError("a finished study recomputed something")
