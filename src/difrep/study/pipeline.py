@@ -452,6 +452,7 @@ def plot_pools(rows: list[SweepRow], path: Path, title: str) -> None:
     for pool in sorted({r.pool for r in rows}):
         mine = sorted((r for r in rows if r.pool == pool), key=lambda r: r.b)
         ax.plot([r.b for r in mine], [r.probe_test_top1 for r in mine], marker="o", ms=3, label=f"pool {pool}x{pool}")
+    ax.set_xticks(sorted({r.b for r in rows}))
     ax.set_xlabel("block b")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(title, fontsize=9)
