@@ -45,10 +45,11 @@ STUDY := runs/study_fashion_mnist
 study: $(STAMP) fashion-mnist
 	$(VENV)/bin/difrep study configs/study_fashion_mnist.yaml run.out=$(STUDY)
 
-# copy the study's report, results, figures and run configs (no caches, no weights) into docs/study/
+# copy the study's report, results, figures and run configs into docs/study/ (no caches, no weights, and not the
+# per-cell probe files that sweep.csv and result.json gather)
 study-docs:
 	mkdir -p docs/study
-	cd $(STUDY) && find . -path ./cache -prune -o -type f \( -name '*.md' -o -name '*.json' -o -name '*.csv' \
+	cd $(STUDY) && find . \( -path ./cache -o -name '*probe' \) -prune -o -type f \( -name '*.md' -o -name '*.json' -o -name '*.csv' \
 	  -o -name '*.png' -o -name '*.yaml' \) -print | xargs cp --parents -t $(CURDIR)/docs/study
 
 clean:
