@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.difrep-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: setup test demo bench pretrain study study-docs fashion-mnist clean
+.PHONY: setup test demo bench pretrain study fashion-mnist clean
 
 setup: $(STAMP)
 
@@ -40,17 +40,10 @@ bench: $(STAMP)
 pretrain: $(STAMP) fashion-mnist
 	$(VENV)/bin/difrep pretrain configs/pretrain_fashion_mnist.yaml
 
-# the full Fashion-MNIST study (hours on a CPU; rerun to continue where it stopped), docs/study.md
-STUDY := runs/study_fashion_mnist
+# the full Fashion-MNIST study (hours on a CPU; rerun to continue where it stopped), docs/study.md. Its results
+# (not its caches or weights) are committed in studies/fashion_mnist, from which the next call continues
 study: $(STAMP) fashion-mnist
-	$(VENV)/bin/difrep study configs/study_fashion_mnist.yaml run.out=$(STUDY)
-
-# copy the study's report, results, figures and run configs into docs/study/ (no caches, no weights, and not the
-# per-cell probe files that sweep.csv and result.json gather)
-study-docs:
-	mkdir -p docs/study
-	cd $(STUDY) && find . \( -path ./cache -o -name '*probe' \) -prune -o -type f \( -name '*.md' -o -name '*.json' -o -name '*.csv' \
-	  -o -name '*.png' -o -name '*.yaml' \) -print | xargs cp --parents -t $(CURDIR)/docs/study
+	$(VENV)/bin/difrep study configs/study_fashion_mnist.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache

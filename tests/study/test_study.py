@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import pytest
@@ -36,7 +37,7 @@ def test_verdicts_follow_the_numbers():
         "sweep": {"best": best, "rows": rows, "pool_rows": pools},
         "controls": {"random_best": _row(5, 3, 2, 70), "pixels": {"probe_test_top1": 79.0}},
         "knn": {"rows": [{"b": b, "k20_top1": 70 - abs(b - 12)} for b in range(1, 20)]},
-        "heads": {"linear": best, "heads": [
+        "heads": {"linear": best, "linear_same_pool": pools[1], "heads": [
             _head("Attention", [82, 83, 84]), _head("DifFormer", [83, 84, 85]), _head("MLP", [85, 86, 87]),
             _head("DifFeed (bottleneck)", [70, 71, 72]), _head("DifFeed (all)", [60, 61, 62]),
             _head("Attention (300/class, as DifFeed)", [65, 66, 67])]},
@@ -54,6 +55,11 @@ def test_verdicts_follow_the_numbers():
     assert verdicts["Least sensitive to pooling, most to the block"] == "yes"  # ranges: pool 1.5, t 9, block 18
     assert verdicts["kNN follows the linear probe's trends"] == "yes"
     assert verdicts["The Attention head beats the linear probe"] == "yes"  # 83 vs 80, spread 1
+    same = next(f for f in tested if "same 4x4 pooling" in f.claim)
+    assert same.verdict == "yes" and "vs linear probe, pool 4 78.0%" in same.evidence  # 83 vs 78
+    results["heads"]["linear_same_pool"] = _row(50, 10, 4, 90)
+    same = next(f for f in findings(results, 19, 10) if "same 4x4 pooling" in f.claim)
+    assert same.verdict == "no" and "gap -7.0" in same.evidence
     assert verdicts["Fusion"] == "within noise"  # 84 vs 83, spread 1
     assert verdicts["Feedback"] == "yes"
     assert verdicts["The bottleneck feedback strategy is best"] == "yes"
@@ -130,9 +136,13 @@ def test_a_tiny_study_runs_every_stage_and_resumes_without_recomputing(tmp_path,
     monkeypatch.setattr("difrep.study.pipeline.sweep_row", refuse)
     monkeypatch.setattr("difrep.study.pipeline.sample", refuse)
     (out / "heads" / "result.json").unlink()  # a stage cut short: its finished runs are read back, not retrained
+    for weights_file in out.rglob("*.pt"):  # and what a committed study folder lacks: weights and caches
+        weights_file.unlink()
+    shutil.rmtree(out / "cache")
     assert main([*args, "run.stages=[heads]"]) == 0
     again = json.loads((out / "heads" / "result.json").read_text())
-    assert [h["top1"] for h in again["heads"]] == [h["top1"] for h in result["heads"]["heads"]]
+    assert [(h["top1"], h["parameters"]) for h in again["heads"]] == [(h["top1"], h["parameters"]) for h in result["heads"]["heads"]]
+    assert heads["Attention"]["parameters"] > 0 and again["linear_same_pool"] is None  # no 4x4 probe in this sweep
     untimed = report.split("## Time")[0]
     assert (out / "report.md").read_text().split("## Time")[0] == untimed, "the report keeps earlier calls' stages"
     assert main([*args, "sweep.probe.epochs=3"]) == 2

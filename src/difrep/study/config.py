@@ -101,7 +101,7 @@ class StudySamples:
 
 @dataclass
 class StudyRun:
-    out: str = "runs/study_fashion_mnist"
+    out: str = "studies/fashion_mnist"
     stages: list[str] = field(default_factory=lambda: ["samples", "sweep", "knn", "controls", "cka", "heads", "semi"])
     progress: bool = True
     workers: int = 1

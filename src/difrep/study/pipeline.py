@@ -324,10 +324,7 @@ class Study:
                 path.write_text(yaml.safe_dump(config, sort_keys=False))
                 out = folder / f"{slug}-seed{seed}"
                 run = memo(out / "study_run.json", lambda path=path, seed=seed, out=out: _timed_train(path, seed, out))
-                weights = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["weights"]
-                params = sum(v.numel() for k, v in weights.items() if v.is_floating_point() and "running_" not in k)
-                results[name].append({"seed": seed, "top1": run["top1"], "top5": run["top5"], "parameters": params,
-                                      "seconds": run["seconds"]})
+                results[name].append({k: run[k] for k in ("top1", "top5", "parameters", "seconds")} | {"seed": seed})
         return [{"name": name, "setting": setting, "config": f"{folder.name}/{_slug(name)}.yaml",
                  "command": f"difrep train {folder / _slug(name)}.yaml run.seed=SEED run.out={folder}/{_slug(name)}-seedSEED",
                  "runs": results[name], "top1": _stats([r["top1"] for r in results[name]]),
@@ -339,8 +336,12 @@ class Study:
         cached = {"attention", "difformer", "mlp", "cnn"} & set(h.names)
         if cached:
             self.caches("heads", self.model, sorted({s["t"], *s["T"]}), sorted({s["b"], *s["B"]}), [h.tokens])
-        linear = next(r for r in self.result("sweep")["rows"] if r["t"] == s["t"] and r["b"] == s["b"])
-        return {"settings": s, "linear": linear, "heads": self.train_runs(self.out / "heads", self.head_runs(), h.seeds)}
+        sweep = self.result("sweep")
+        linear = next(r for r in sweep["rows"] if r["t"] == s["t"] and r["b"] == s["b"])
+        same_pool = next((r for r in sweep["rows"] + sweep["pool_rows"]
+                          if r["t"] == s["t"] and r["b"] == s["b"] and r["pool"] == h.tokens), None)
+        return {"settings": s, "linear": linear, "linear_same_pool": same_pool,
+                "heads": self.train_runs(self.out / "heads", self.head_runs(), h.seeds)}
 
     def stage_semi(self) -> dict[str, Any]:
         m, d, s = self.cfg.semi, self.cfg.data, self.result("sweep")["settings"]
@@ -433,10 +434,14 @@ class Study:
 
 
 def _timed_train(config: Path, seed: int, out: Path) -> dict[str, Any]:
-    """One ``difrep train`` run; its test metrics and the seconds this call took (a resumed run: its last part)."""
+    """One ``difrep train`` run; its test metrics, trained parameters and the seconds this call took (a resumed
+    run: its last part), kept in the study's results so that they need no weights file."""
     began = time.perf_counter()
     metrics = train(load_config(config, [f"run.seed={seed}", f"run.out={out}"]))
-    return {"top1": metrics["top1"], "top5": metrics["top5"], "seconds": time.perf_counter() - began}
+    seconds = time.perf_counter() - began
+    weights = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["weights"]
+    params = sum(v.numel() for k, v in weights.items() if v.is_floating_point() and "running_" not in k)
+    return {"top1": metrics["top1"], "top5": metrics["top5"], "parameters": params, "seconds": seconds}
 
 
 def _slug(name: str) -> str:

@@ -101,6 +101,11 @@ def findings(r: dict[str, Result], num_blocks: int, middle: int) -> list[Finding
         same = next((h for h in heads if h["name"].startswith("Attention (") and h["top1"]["values"]), None)
         if att:
             out.append(_cmp("The Attention head beats the linear probe (Table 1)", att, lin, "heads"))
+        same_pool = r["heads"].get("linear_same_pool")
+        if att and same_pool and same_pool["pool"] != linear["pool"]:
+            size = same_pool["pool"]
+            out.append(_cmp(f"The Attention head beats the linear probe on the same {size}x{size} pooling as its tokens "
+                            "(Table 1)", att, (f"linear probe, pool {size}", same_pool["probe_test_top1"], 0.0, 1), "heads"))
         if att and dform:
             out.append(_cmp("Fusion (DifFormer) beats the Attention head (Table 1)", dform, att, "heads"))
         bottleneck = _head(heads, "DifFeed (bottleneck)")
