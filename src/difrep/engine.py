@@ -261,7 +261,7 @@ class Engine:
         t = self.task
         self.out.mkdir(parents=True, exist_ok=True)
         start = self.resume()
-        logger = RunLogger(self.out, t, enabled=t.rank == 0)
+        logger = RunLogger(self.out, t, enabled=t.rank == 0, history=self.history)
         bar = tqdm(desc="train", unit="step", initial=self.step, disable=not (t.settings.progress and t.rank == 0))
         for period in range(start, t.num_periods):
             began, lr, first_step = time.perf_counter(), self.opt.param_groups[0]["lr"], self.step
@@ -288,11 +288,12 @@ class Engine:
 class RunLogger:
     """One row per period to ``<log_name>.jsonl`` and ``.csv`` (the task's fields), TensorBoard and W&B."""
 
-    def __init__(self, out: Path, task: Task, enabled: bool) -> None:
+    def __init__(self, out: Path, task: Task, enabled: bool, history: list[dict[str, Any]]) -> None:
         self.out, self.task, self.enabled = out, task, enabled
         self.writers: list[Any] = []
         if not enabled:
             return
+        self._restart_files(history)
         s = task.settings
         if s.tensorboard:
             try:
@@ -304,9 +305,25 @@ class RunLogger:
         if s.wandb:
             self.writers.append(_WandbWriter(out, task.config()))
 
+    def _restart_files(self, history: list[dict[str, Any]]) -> None:
+        """The CSV and JSONL logs hold exactly the resumed history: rows a run logged after its last checkpoint,
+        or those of a run started again without its ``last.pt``, would otherwise appear twice."""
+        for suffix in (".jsonl", ".csv"):
+            (self.out / f"{self.task.log_name}{suffix}").unlink(missing_ok=True)
+        for row in history:
+            self._write_files(row)
+
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        self._write_files(row)
+        position = row[self.task.position_name]
+        for w in self.writers:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != self.task.position_name:
+                    w.add_scalar(k, v, position)
+
+    def _write_files(self, row: dict[str, Any]) -> None:
         name = self.task.log_name
         with open(self.out / f"{name}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -317,11 +334,6 @@ class RunLogger:
             if new:
                 writer.writeheader()
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        position = row[self.task.position_name]
-        for w in self.writers:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != self.task.position_name:
-                    w.add_scalar(k, v, position)
 
     def close(self) -> None:
         for w in self.writers:

@@ -73,6 +73,17 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(fake, tmp_path, mo
     assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in b["history"]]
     assert (reference["top1"], reference["top5"]) == (resumed["top1"], resumed["top5"])
 
+    def logged(run: str) -> tuple[list[dict], list[str]]:
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        csv_rows = (tmp_path / run / "metrics.csv").read_text().splitlines()
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows], [r.split(",")[:2] for r in csv_rows]
+
+    assert logged("b") == logged("a") and [row["epoch"] for row in logged("a")[0]] == [1, 2, 3]
+    (tmp_path / "b" / "last.pt").unlink()  # a run folder kept without its weights (a committed study) starts again
+    again = train(load_config(None, _overrides(fake, tmp_path / "b", **extra)))
+    assert logged("b") == logged("a"), "each epoch is logged once"
+    assert (again["top1"], again["top5"]) == (reference["top1"], reference["top5"])
+
 
 def test_bad_configs_fail_before_training(fake, tmp_path):
     with pytest.raises(ValueError, match="head.name='vit' is unknown"):
