@@ -24,3 +24,10 @@ def init_distributed() -> tuple[int, int, torch.device]:
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
+
+
+def close_distributed() -> None:
+    """Tear the process group down before the interpreter exits: left to exit, gloo's threads may be destroyed
+    while still joinable, which aborts the process (SIGABRT) after its work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -107,3 +107,13 @@ def test_train_uses_the_shipped_weights_when_asked(tmp_path, capsys):
         ClassificationTask(load_config(None, args))
     assert main(["train", *args, "model.pretrained=true"]) == 0
     assert "top-1" in capsys.readouterr().out
+
+
+def test_every_command_tears_its_process_group_down(tmp_path, capsys):
+    """A process group left to the interpreter's exit may abort a finished torchrun process (gloo's threads)."""
+    import torch.distributed as dist
+
+    for code, command in ((0, ["info", "adm-256-uncond"]), (2, ["info", "adm-999"])):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / f'store{code}'}", rank=0, world_size=1)
+        assert main(command) == code
+        assert not dist.is_initialized(), command

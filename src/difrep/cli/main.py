@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..distributed import close_distributed
 from ..errors import UserError
 from . import data, demo, evaluate, extract, info, pretrain, sample, scenes_study, study, sweep, train
 
@@ -36,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         print(BUG_REPORT, file=sys.stderr)
         return 1
+    finally:
+        close_distributed()
 
 
 if __name__ == "__main__":
