@@ -124,6 +124,7 @@ def test_every_head_learns_and_saves_only_what_it_trains(fake, tmp_path, head):
     exp = ClassificationTask(load_config(None, _overrides(fake, tmp_path / "x", **extra)))
     head_params = sum(p.numel() for p in exp.classifier.head.parameters() if p.requires_grad)
     assert sum(v.numel() for v in weights.values() if v.is_floating_point()) <= head_params + 4 * 1024
+    assert metrics["parameters"] == head_params, "metrics count the trained parameters, not buffers"
 
 
 def test_a_finetuned_difeed_saves_the_unet_once(fake, tmp_path):

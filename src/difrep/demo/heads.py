@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from ..evaluation.linear import lbfgs_logistic_probe
@@ -70,8 +69,7 @@ def train_head(name: str, setting: str, config: dict[str, Any], folder: Path, se
         out = folder / f"{slug}-seed{seed}"
         metrics = train(load_config(path, [f"run.seed={seed}", f"run.out={out}"]))
         accs.append(metrics["top1"])
-        weights = torch.load(out / "last.pt", weights_only=True)["weights"]
-        params = sum(v.numel() for k, v in weights.items() if v.is_floating_point() and "running_" not in k)
+        params = metrics["parameters"]
         print(f"[demo] {name} ({setting}), seed {seed}: test top-1 {metrics['top1']:.1f}%", flush=True)
     return HeadResult(name, setting, accs, params, time.perf_counter() - began,
                       f"difrep train {path} run.seed=SEED run.out={folder}/{slug}-seedSEED")

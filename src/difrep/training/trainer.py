@@ -301,14 +301,16 @@ class ClassificationTask(Task):
 
     def finish(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
         row = history[-1] if history else {}
-        final = {**row, "checkpoint": str(out / "last.pt"), "checkpoint_sha256": file_sha256(out / "last.pt"),
+        trained = sum(v.numel() for k, v in self.trainable_state().items() if v.is_floating_point() and "running_" not in k)
+        final = {**row, "parameters": trained, "checkpoint": str(out / "last.pt"), "checkpoint_sha256": file_sha256(out / "last.pt"),
                  "config": self.cfg.to_dict(), "data": asdict(self.cfg.data)}
         (out / "metrics.json").write_text(json.dumps(final, indent=2))
         return final
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) a training run; returns the final metrics, also written to run.out/metrics.json."""
+    """Run (or resume) a training run; returns the final metrics (with the trained parameters), also written to
+    run.out/metrics.json."""
     return Engine(ClassificationTask(cfg)).run()
 
 
