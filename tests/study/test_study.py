@@ -63,6 +63,8 @@ def test_verdicts_follow_the_numbers():
     assert verdicts["Fusion"] == "within noise"  # 84 vs 83, spread 1
     assert verdicts["Feedback"] == "yes"
     assert verdicts["The bottleneck feedback strategy is best"] == "yes"
+    strategies = next(f for f in tested if f.claim.startswith("The bottleneck feedback strategy"))
+    assert strategies.evidence.endswith("(gap of the best to the next +10.0, larger std over seeds 1.0)")
     assert verdicts["The Attention head beats the MLP head"] == "no"
     assert verdicts["Features differ greatly across blocks and timesteps"] == "yes"
     results["semi"] = {"fractions": [{"percent": 1, "heads": [_head("Linear, 1%", [40.0]), _head("DifFormer, 1%", [45.0]),

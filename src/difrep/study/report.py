@@ -119,7 +119,8 @@ def findings(r: dict[str, Result], num_blocks: int, middle: int) -> list[Finding
             held = "bottleneck" in top["name"]
             out.append(Finding("The bottleneck feedback strategy is best (Table 4)",
                                ("yes" if gap > spread else "within noise") if held else "no",
-                               ", ".join(f"{h['name'][9:-1]} {h['top1']['mean']:.1f}" for h in feeds), "heads"))
+                               ", ".join(f"{h['name'][9:-1]} {h['top1']['mean']:.1f}" for h in feeds)
+                               + f" (gap of the best to the next {gap:+.1f}, larger std over seeds {spread:.1f})", "heads"))
         for other in ("MLP", "CNN"):
             o = _head(heads, other)
             if att and o:
