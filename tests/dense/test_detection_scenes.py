@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from fakes import make_fashion_mnist
 
+from difrep.cli.main import main
 from difrep.data import DEBIAN_FASHION_MNIST
 from difrep.data.scenes import make_scenes
 from difrep.dense import load_detection_config, train_detection
@@ -39,3 +41,25 @@ def test_a_short_run_on_the_scenes_beats_a_random_init_backbone(tmp_path):
         # float rounding (difrep's faster ADM blocks moved it from above 1.5x + 1), so the bound leaves room
         gap = (kind, shipped[f"{kind}_AP"], random[f"{kind}_AP"])
         assert shipped[f"{kind}_AP"] > max(1.3 * random[f"{kind}_AP"], random[f"{kind}_AP"] + 2.5), gap
+
+
+def test_the_detection_study_runs_at_the_timestep_and_block_it_is_given(tmp_path, capsys):
+    """``difrep scenes-study --task detection --timestep --block``: every run reads that block at that step (the
+    segmentation study's choice for the model at hand); the segmentation task, which chooses its own, refuses them."""
+    fashion = tmp_path / "fmnist"
+    fashion.mkdir()
+    make_fashion_mnist(fashion, n=40, prefixes=("train", "t10k"))
+    scenes = tmp_path / "scenes"
+    make_scenes(fashion, scenes, "train", 8, seed=0)
+    make_scenes(fashion, scenes, "test", 2, seed=0)
+    out = tmp_path / "detection"
+    args = ["scenes-study", "--scenes", str(scenes), "--out", str(out), "--seeds", "1", "--iterations", "1",
+            "--max-test", "2", "--timestep", "10", "--block", "16"]
+    assert main([*args, "--task", "detection"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["t"], summary["block"]) == (10, 16)
+    for run in ("variant0_seed0", "variant1_seed0"):
+        features = json.loads((out / run / "metrics.json").read_text())["config"]["features"]
+        assert (features["timesteps"], features["blocks"]) == ([10], [16])
+    assert main([*args, "--task", "segmentation", "--fashion-root", str(fashion)]) == 2
+    assert "--timestep and --block are for --task detection" in capsys.readouterr().err

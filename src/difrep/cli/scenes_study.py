@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="--task segmentation: choose t and b on held-out training scenes, then train "
                        "UperNet on the shipped model's frozen features (one block and four), on a random-init copy, "
                        "and on a ResNet-18 from pixels. --task detection: Mask R-CNN on the shipped model's frozen "
-                       "features and on a random-init copy's (t = 50, b = 13). Several seeds; rerun to resume.")
+                       "features and on a random-init copy's, at the t and b the segmentation study chose (--timestep, --block). "
+                       "Several seeds; rerun to resume.")
     p.add_argument("--task", choices=["segmentation", "detection"], default="segmentation")
     p.add_argument("--scenes", required=True, help="folder written by difrep data make-scenes")
     p.add_argument("--fashion-root", default=str(DEBIAN_FASHION_MNIST))
@@ -26,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, help="per run (default 300 for segmentation, 400 for detection)")
     p.add_argument("--select-iterations", type=int, default=150)
     p.add_argument("--max-test", type=int, default=200, help="test scenes evaluated (default 200)")
+    p.add_argument("--timestep", type=int, help="detection: the noise step t (default 50); pass the one the "
+                   "segmentation study chose on held-out scenes (its summary.json, \"chosen\")")
+    p.add_argument("--block", type=int, help="detection: the block b (default 13), likewise")
     p.set_defaults(run=run)
 
 
@@ -34,11 +38,16 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(f"unexpected arguments {extra}")
     if args.task == "detection":
         summary = run_detection_study(args.scenes, args.out, args.config or "configs/scenes_maskrcnn_fmnist.yaml",
-                                      args.seeds, args.iterations or 400, args.max_test)
+                                      args.seeds, args.iterations or 400, args.max_test,
+                                      50 if args.timestep is None else args.timestep,
+                                      13 if args.block is None else args.block)
         for row in summary["results"]:
             print(f"{row['variant']:35} box AP {row['bbox_AP_mean']:5.1f} +- {row['bbox_AP_std']:.1f}, "
                   f"mask AP {row['segm_AP_mean']:5.1f} +- {row['segm_AP_std']:.1f}")
         return 0
+    if args.timestep is not None or args.block is not None:
+        raise UserError("--timestep and --block are for --task detection; the segmentation study chooses t and b "
+                        "on held-out training scenes")
     summary = run_scenes_study(args.scenes, args.fashion_root, args.out,
                                args.config or "configs/scenes_upernet_fmnist.yaml", args.seeds, args.iterations or 300,
                                args.select_iterations, args.max_test)

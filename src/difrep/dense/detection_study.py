@@ -2,7 +2,7 @@
 
 On the COCO layout of the Fashion-MNIST scenes, Mask R-CNN with the same pyramid, heads and budget is
 trained on the shipped ``adm-fmnist-28``'s frozen features and on a random-init copy's, at the noise step
-and block the segmentation study chose on held-out training scenes (t = 50, b = 13), for several seeds.
+and block the segmentation study chose on held-out training scenes (``t``, ``block``), for several seeds.
 Every run is an engine run in its own folder, so an interrupted study resumes where it stopped.
 """
 
