@@ -155,3 +155,10 @@ def test_a_tiny_study_runs_every_stage_and_resumes_without_recomputing(tmp_path,
     save_file({k: v.contiguous() + 1 for k, v in model.state_dict().items()}, str(weights))  # retrained, same path
     assert main(args) == 2
     assert "another config (changed: model.weights_sha256)" in capsys.readouterr().err
+
+
+def test_run_folders_are_named_by_the_runs_names_one_dash_between_words():
+    from difrep.study.pipeline import _slug
+
+    assert _slug("DifFeed (bottleneck), 1%") == "diffeed-bottleneck-1"
+    assert _slug("Attention (300/class, as DifFeed)") == "attention-300-class-as-diffeed"

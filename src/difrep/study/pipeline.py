@@ -18,6 +18,7 @@ feature-cache shard, a probe, an engine run), so an interrupted study continues 
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -443,7 +444,7 @@ def _timed_train(config: Path, seed: int, out: Path) -> dict[str, Any]:
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+    return re.sub("-+", "-", "".join(c if c.isalnum() else "-" for c in name.lower())).strip("-")
 
 
 def plot_pools(rows: list[SweepRow], path: Path, title: str) -> None:
