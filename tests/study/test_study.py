@@ -130,6 +130,8 @@ def test_a_tiny_study_runs_every_stage_and_resumes_without_recomputing(tmp_path,
     difeed_row = next(line for line in report.splitlines() if line.startswith("| DifFeed (bottleneck) |"))
     fastest = min(r["seconds"] for r in heads["DifFeed (bottleneck)"]["runs"])  # about a second each
     assert difeed_row.removesuffix(" |").split(" | ")[-1] == f"{fastest:.0f}", "a run's time is its fastest seed's"
+    semi_row = next(line for line in report.splitlines() if line.startswith("| Linear, 10% |")).split(" | ")
+    assert semi_row[2] == f"{semi['heads'][0]['top1']['mean']:.1f} (one seed)", "no spread is claimed from one seed"
     sweep_section = report.split("## Linear probe over t, b and pool")[1].split("\n## ")[0]
     assert "| A middle noise step is best (Figure 3) |" in sweep_section, "each table repeats the findings it tests"
     assert "Table 9" not in sweep_section and "| kNN follows" in report.split("## kNN")[1].split("\n## ")[0]

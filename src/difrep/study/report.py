@@ -153,7 +153,9 @@ def _heads_table(heads: list[Result]) -> list[str]:
     rows = []
     for h in heads:
         v = h["top1"]["values"]
-        rows.append([h["name"], h["setting"], f"{h['top1']['mean']:.1f} ± {h['top1']['std']:.1f}" if v else "not run yet",
+        score = (f"{h['top1']['mean']:.1f} ± {h['top1']['std']:.1f}" if len(v) > 1
+                 else f"{h['top1']['mean']:.1f} (one seed)" if v else "not run yet")
+        rows.append([h["name"], h["setting"], score,
                      ", ".join(f"{x:.1f}" for x in v), f"{h['parameters']:,}",
                      f"{min(x['seconds'] for x in h['runs']):.0f}" if h["runs"] else "-"])
     # a run's wall time, fastest seed: the others may have shared the CPU or been paused
