@@ -61,5 +61,7 @@ def test_the_detection_study_runs_at_the_timestep_and_block_it_is_given(tmp_path
     for run in ("variant0_seed0", "variant1_seed0"):
         features = json.loads((out / run / "metrics.json").read_text())["config"]["features"]
         assert (features["timesteps"], features["blocks"]) == ([10], [16])
+    assert main([*args[:-4], "--timestep", "50", "--block", "16", "--task", "detection"]) == 2
+    assert "other settings (changed: t)" in capsys.readouterr().err, "another t is another study"
     assert main([*args, "--task", "segmentation", "--fashion-root", str(fashion)]) == 2
     assert "--timestep and --block are for --task detection" in capsys.readouterr().err

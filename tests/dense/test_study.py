@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from fakes import make_fashion_mnist
 
 from difrep.data.scenes import make_scenes
 from difrep.dense.study import run_scenes_study
+from difrep.errors import UserError
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "scenes_upernet_fmnist.yaml"
 
@@ -32,3 +34,5 @@ def test_the_study_selects_on_held_out_scenes_runs_every_variant_and_resumes(tmp
     again = run_scenes_study(scenes, fashion, tmp_path / "study", CONFIG, **kwargs)
     assert again["results"] == summary["results"]
     assert [p.stat().st_mtime_ns for p in finished] == stamps, "a rerun trains nothing again"
+    with pytest.raises(UserError, match=r"other settings \(changed: iterations\)"):  # never two protocols in one folder
+        run_scenes_study(scenes, fashion, tmp_path / "study", CONFIG, **{**kwargs, "iterations": 2})

@@ -14,7 +14,7 @@ from typing import Any
 
 from .detection_config import load_detection_config
 from .detection_task import train_detection
-from .study import Variant, draw_seeds, mean_std, run_once
+from .study import Variant, claim_folder, draw_seeds, mean_std, run_once
 
 METRICS = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")
 
@@ -23,6 +23,8 @@ def run_detection_study(scenes: str | Path, out: str | Path, config: str | Path,
                         iterations: int = 400, max_test: int = 200, t: int = 50, block: int = 13) -> dict[str, Any]:
     """Train both variants for ``seeds`` seeds (every variant's first seed before any second one)."""
     scenes, out, config = Path(scenes), Path(out), Path(config)
+    claim_folder(out, config, {"task": "detection", "iterations": iterations, "max_test": max_test, "t": t,
+                               "block": block})
     base = [f"data.root={scenes}", f"optim.iterations={iterations}", f"run.log_every={max(iterations // 4, 1)}",
             f"run.eval_every={iterations}", f"data.max_test={max_test}", f"features.timesteps=[{t}]",
             f"features.blocks=[{block}]"]

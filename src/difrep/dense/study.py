@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data.scenes import make_scenes
+from ..errors import UserError
+from ..models import create_model
+from ..utils.files import file_sha256, weights_sha256
 from .config import load_segmentation_config
 from .task import train_segmentation
 
@@ -29,6 +32,23 @@ MULTI_BLOCKS = [19, 16, 13, 10]  # every third block from the middle, as Table 6
 class Variant:
     name: str
     overrides: tuple[str, ...]
+
+
+def claim_folder(out: Path, config: Path, settings: dict[str, Any]) -> None:
+    """A study folder holds the runs of one protocol on one shipped model: a call with other settings, another
+    config file or other shipped weights (a retrained model) is refused, naming what changed, rather than mixing
+    runs. More seeds may be added."""
+    record = {**settings, "config_sha256": file_sha256(config),
+              "weights_sha256": weights_sha256(create_model("adm-fmnist-28", pretrained=True))}
+    path = out / "study.json"
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        changed = sorted(k for k in record.keys() | theirs.keys() if theirs.get(k) != record.get(k))
+        if changed:
+            raise UserError(f"{out} holds a study made with other settings (changed: {', '.join(changed)}): "
+                            "use another --out, or the settings it was made with")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
 
 
 def run_once(config: Path, out: Path, overrides: Sequence[str], load: Callable[..., Any] = load_segmentation_config,
@@ -46,6 +66,9 @@ def run_scenes_study(scenes: str | Path, fashion_root: str | Path, out: str | Pa
                      blocks: Sequence[int] = BLOCKS) -> dict[str, Any]:
     """Select (t, b) on held-out training scenes, then train every variant for ``seeds`` seeds."""
     scenes, out, config = Path(scenes), Path(out), Path(config)
+    claim_folder(out, config, {"task": "segmentation", "iterations": iterations, "select_iterations": select_iterations,
+                               "max_test": max_test, "heldout": heldout, "timesteps": list(timesteps),
+                               "blocks": list(blocks)})
     held = out / "heldout"
     make_scenes(fashion_root, held, "train", heldout, seed=1)  # new scenes of training garments
     base = [f"data.root={scenes}", f"optim.iterations={iterations}", f"run.log_every={iterations}",
