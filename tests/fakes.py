@@ -6,6 +6,8 @@ import gzip
 import struct
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -178,16 +180,23 @@ def make_imagenet(root, wnids=("n01440764", "n01443537", "n01484850"), train: in
     return root
 
 
-def make_tiny_scenes(tmp_path_factory, train: int, test: int, scale_range: tuple[float, float]):
-    """Scenes of 1-2 fake garments on 32 x 32 canvases, in the ADE20K and COCO layouts."""
+def make_fake_scenes(folder: Path, train: int, test: int, garments: int = 40, **options: Any) -> tuple[Path, Path]:
+    """Fake Fashion-MNIST IDX files and scenes of their garments (``make_scenes`` options, seed 0) under ``folder``;
+    returns (the garments' root, the scenes' root)."""
     from difrep.data.scenes import make_scenes
 
-    fashion = tmp_path_factory.mktemp("fmnist")
-    make_fashion_mnist(fashion, n=60, prefixes=("train", "t10k"))
-    out = tmp_path_factory.mktemp("scenes")
+    fashion, scenes = folder / "fmnist", folder / "scenes"
+    fashion.mkdir(parents=True)
+    make_fashion_mnist(fashion, n=garments, prefixes=("train", "t10k"))
     for split, count in (("train", train), ("test", test)):
-        make_scenes(fashion, out, split, count, canvas=32, min_items=1, max_items=2, scale_range=scale_range, seed=0)
-    return out
+        make_scenes(fashion, scenes, split, count, seed=0, **options)
+    return fashion, scenes
+
+
+def make_tiny_scenes(tmp_path_factory, train: int, test: int, scale_range: tuple[float, float]):
+    """Scenes of 1-2 fake garments on 32 x 32 canvases, in the ADE20K and COCO layouts."""
+    return make_fake_scenes(tmp_path_factory.mktemp("tiny"), train, test, garments=60, canvas=32, min_items=1,
+                            max_items=2, scale_range=scale_range)[1]
 
 
 def torchrun_train(args: list[str]) -> None:

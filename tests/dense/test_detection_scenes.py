@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fakes import make_fashion_mnist
+from fakes import make_fake_scenes
 
 from difrep.cli.main import main
 from difrep.data import DEBIAN_FASHION_MNIST
@@ -46,12 +46,7 @@ def test_a_short_run_on_the_scenes_beats_a_random_init_backbone(tmp_path):
 def test_the_detection_study_runs_at_the_timestep_and_block_it_is_given(tmp_path, capsys):
     """``difrep scenes-study --task detection --timestep --block``: every run reads that block at that step (the
     segmentation study's choice for the model at hand); the segmentation task, which chooses its own, refuses them."""
-    fashion = tmp_path / "fmnist"
-    fashion.mkdir()
-    make_fashion_mnist(fashion, n=40, prefixes=("train", "t10k"))
-    scenes = tmp_path / "scenes"
-    make_scenes(fashion, scenes, "train", 8, seed=0)
-    make_scenes(fashion, scenes, "test", 2, seed=0)
+    fashion, scenes = make_fake_scenes(tmp_path, train=8, test=2)
     out = tmp_path / "detection"
     args = ["scenes-study", "--scenes", str(scenes), "--out", str(out), "--seeds", "1", "--iterations", "1",
             "--max-test", "2", "--timestep", "10", "--block", "16"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import make_fashion_mnist
+from fakes import make_fake_scenes
 
-from difrep.data.scenes import make_scenes
 from difrep.dense.study import run_scenes_study
 from difrep.errors import UserError
 
@@ -15,12 +14,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "scenes_upernet_fmnis
 
 
 def test_the_study_selects_on_held_out_scenes_runs_every_variant_and_resumes(tmp_path):
-    fashion = tmp_path / "fmnist"
-    fashion.mkdir()
-    make_fashion_mnist(fashion, n=40, prefixes=("train", "t10k"))
-    scenes = tmp_path / "scenes"
-    make_scenes(fashion, scenes, "train", 8, seed=0)
-    make_scenes(fashion, scenes, "test", 2, seed=0)
+    fashion, scenes = make_fake_scenes(tmp_path, train=8, test=2)
     kwargs = dict(seeds=1, iterations=1, select_iterations=1, max_test=2, heldout=2, timesteps=[10],
                   blocks=[10, 13])
     summary = run_scenes_study(scenes, fashion, tmp_path / "study", CONFIG, **kwargs)

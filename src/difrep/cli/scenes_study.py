@@ -37,10 +37,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if extra:
         raise UserError(f"unexpected arguments {extra}")
     if args.task == "detection":
+        given = {k: v for k, v in (("t", args.timestep), ("block", args.block)) if v is not None}
         summary = run_detection_study(args.scenes, args.out, args.config or "configs/scenes_maskrcnn_fmnist.yaml",
-                                      args.seeds, args.iterations or 400, args.max_test,
-                                      50 if args.timestep is None else args.timestep,
-                                      13 if args.block is None else args.block)
+                                      args.seeds, args.iterations or 400, args.max_test, **given)
         for row in summary["results"]:
             print(f"{row['variant']:35} box AP {row['bbox_AP_mean']:5.1f} +- {row['bbox_AP_std']:.1f}, "
                   f"mask AP {row['segm_AP_mean']:5.1f} +- {row['segm_AP_std']:.1f}")
