@@ -43,7 +43,7 @@ pretrain: $(STAMP) fashion-mnist
 # the full Fashion-MNIST study (hours on a CPU; rerun to continue where it stopped), docs/study.md. Its results
 # (not its caches or weights) are committed in studies/fashion_mnist, from which the next call continues
 study: $(STAMP) fashion-mnist
-	$(VENV)/bin/difrep study configs/study_fashion_mnist.yaml
+	$(VENV)/bin/difrep study configs/studies/fashion_mnist.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -46,22 +46,25 @@ def test_every_config_file_is_checked_here():
     on_disk = sorted(CONFIGS.glob("*.yaml"))
     assert on_disk, f"no configs found in {CONFIGS}"
     others = [CONFIGS / f"{name}.yaml" for name in [*BACKBONE_CONFIGS, *SEGMENTATION_CONFIGS, "scenes_upernet_fmnist",
-                                                       "coco_maskrcnn_gd_b24", "scenes_maskrcnn_fmnist",
-                                                       "study_fashion_mnist"]]
+                                                       "coco_maskrcnn_gd_b24", "scenes_maskrcnn_fmnist"]]
     assert sorted(HEAD_CONFIGS + PRETRAIN_CONFIGS + others) == on_disk
 
 
-def test_the_study_config_keeps_the_papers_probe_and_full_data():
-    from difrep.study import STAGES, StudyConfig
+def test_the_fashion_mnist_study_keeps_the_papers_probe_and_full_data():
+    from difrep.study import Study, load_study
+    from difrep.study.stages.sweep import probe_settings
 
-    cfg = load_config(CONFIGS / "study_fashion_mnist.yaml", schema=StudyConfig)
-    assert cfg.data.train_per_class is None and cfg.data.test_per_class is None, "all 60,000 / 10,000 images"
-    p = cfg.sweep.probe
-    assert (p.epochs, p.lr, p.step_epochs, p.gamma, p.momentum) == (28, 1e-2, 7, 0.1, 0.9), "the GD linear probe"
-    assert cfg.sweep.knn_ks == [20, 200] and sorted(cfg.sweep.pools) == [1, 2, 4] and cfg.sweep.pool == 2
-    assert cfg.semi.percents == [1, 10] and cfg.cka.images == 2500 and len(cfg.heads.seeds) == 3
-    assert set(cfg.heads.strategies) == {"bottleneck", "all", "windowed", "multi-scale"}
-    assert cfg.run.stages == list(STAGES)
+    study = Study(load_study(CONFIGS / "studies" / "fashion_mnist.yaml"))
+    spec = study.spec
+    assert spec.data["train_per_class"] is None and spec.data["test_per_class"] is None, "all 60,000 / 10,000 images"
+    p = probe_settings(spec.stages["sweep"]["probe"], "sweep.probe")
+    assert (p["solver"], p["epochs"], p["lr"], p["step_epochs"], p["gamma"], p["momentum"]) == ("sgd", 28, 1e-2, 7, 0.1, 0.9)
+    assert spec.stages["knn"]["ks"] == [20, 200] and sorted(spec.stages["sweep"]["pools"]) == [1, 2, 4]
+    assert spec.stages["cka"]["images"] == 2500 and len(spec.seeds) == 3
+    strategies = {r["config"]["head"].get("strategy") for r in spec.stages["heads"]["runs"]} - {None}
+    assert strategies == {"bottleneck", "all", "windowed", "multi-scale"}
+    assert {r["percent"] for r in spec.stages["semi"]["runs"]} == {1, 10}
+    assert [s.kind for s in study.stages.values()] == ["samples", "sweep", "knn", "sweep", "pixels", "cka", "train", "train"]
 
 
 @pytest.mark.parametrize("path", HEAD_CONFIGS, ids=lambda p: p.stem)

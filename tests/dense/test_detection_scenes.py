@@ -45,18 +45,21 @@ def test_a_short_run_on_the_scenes_beats_a_random_init_backbone(tmp_path):
 
 def test_the_detection_study_runs_at_the_timestep_and_block_it_is_given(tmp_path, capsys):
     """``difrep scenes-study --task detection --timestep --block``: every run reads that block at that step (the
-    segmentation study's choice for the model at hand); the segmentation task, which chooses its own, refuses them."""
+    segmentation study's choice for the model at hand); another t reruns the runs, keeping the first ones aside."""
     fashion, scenes = make_fake_scenes(tmp_path, train=8, test=2)
     out = tmp_path / "detection"
-    args = ["scenes-study", "--scenes", str(scenes), "--out", str(out), "--seeds", "1", "--iterations", "1",
-            "--max-test", "2", "--timestep", "10", "--block", "16"]
-    assert main([*args, "--task", "detection"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert (summary["t"], summary["block"]) == (10, 16)
-    for run in ("variant0_seed0", "variant1_seed0"):
-        features = json.loads((out / run / "metrics.json").read_text())["config"]["features"]
+    args = ["scenes-study", "--task", "detection", "--scenes", str(scenes), "--out", str(out), "--seeds", "1",
+            "--iterations", "1", "--max-test", "2", "--block", "16"]
+    assert main([*args, "--timestep", "10"]) == 0
+    for run in ("shipped-seed0", "random-seed0"):
+        features = json.loads((out / "final" / run / "metrics.json").read_text())["config"]["features"]
         assert (features["timesteps"], features["blocks"]) == ([10], [16])
-    assert main([*args[:-4], "--timestep", "50", "--block", "16", "--task", "detection"]) == 2
-    assert "other settings (changed: t)" in capsys.readouterr().err, "another t is another study"
-    assert main([*args, "--task", "segmentation", "--fashion-root", str(fashion)]) == 2
-    assert "--timestep and --block are for --task detection" in capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert "b = 16 at t = 10" in report and "(box AP)" in report
+    assert main([*args, "--timestep", "50"]) == 0
+    features = json.loads((out / "final" / "shipped-seed0" / "metrics.json").read_text())["config"]["features"]
+    assert features["timesteps"] == [50], "another t is another result"
+    aside = list(out.glob("final@*"))
+    assert len(aside) == 1 and (aside[0] / "shipped-seed0" / "metrics.json").is_file(), "the t = 10 runs are kept"
+    assert main([*args, "--timestep", "10", "--fashion-root", str(fashion)]) == 2
+    assert "--fashion-root and --select-iterations are for --task segmentation" in capsys.readouterr().err

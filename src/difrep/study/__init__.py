@@ -1,7 +1,8 @@
-"""The paper's study at full Fashion-MNIST scale: ``difrep study configs/study_fashion_mnist.yaml``."""
+"""One study runner: a study is a YAML file of stages (``configs/studies/``), ``difrep study FILE``."""
 
-from .config import StudyConfig
-from .pipeline import STAGES, Study, run_study
-from .report import findings, write_report
+from .findings import Finding, Judge
+from .runner import Study, run_study
+from .spec import StudySpec, load_study
+from .stages import KINDS, choose_settings
 
-__all__ = ["STAGES", "Study", "StudyConfig", "findings", "run_study", "write_report"]
+__all__ = ["KINDS", "Finding", "Judge", "Study", "StudySpec", "choose_settings", "load_study", "run_study"]

@@ -100,14 +100,14 @@ def _read(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         return data
     if not isinstance(base, str):
         raise UserError(f"config {path}: base must name one YAML file, got {base!r}")
-    return _merge(_read(path.parent / base, (*chain, path.resolve())), data)
+    return merge_options(_read(path.parent / base, (*chain, path.resolve())), data)
 
 
-def _merge(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_options(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """``over`` on top of ``under``, section by section (a mapping in both is merged, anything else replaced)."""
     merged = dict(under)
     for key, value in over.items():
-        merged[key] = _merge(under[key], value) if isinstance(value, dict) and isinstance(under.get(key), dict) else value
+        merged[key] = merge_options(under[key], value) if isinstance(value, dict) and isinstance(under.get(key), dict) else value
     return merged
 
 
