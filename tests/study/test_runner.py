@@ -180,6 +180,9 @@ def test_a_study_file_names_only_stages_and_settings_that_exist(tmp_path):
 def test_the_shipped_study_files_findings_name_existing_stages_and_runs(name):
     spec = load_study(STUDIES / f"{name}.yaml")
     study = Study(spec)
+    for stage in study.stages.values():
+        if stage.kind == "train":
+            stage.check()  # every run well formed, no two runs in one folder
     for finding in spec.findings:
         names = [finding[k] for k in ("a", "b", "expect") if k in finding] + finding.get("others", []) + finding.get("scores", [])
         for score in names:

@@ -115,6 +115,9 @@ def test_the_fashion_mnist_study_runs_every_stage_and_resumes_from_its_results_a
     for weights in out.rglob("*.pt"):  # and what a committed study folder lacks: weights and caches
         weights.unlink()
     shutil.rmtree(out / "cache")
+    assert main(["study", str(path), "--stages", "samples"]) == 0
+    cut = (out / "report.md").read_text().split("## Heads on the frozen U-Net")[1].split("\n## ")[0]
+    assert "**Not finished**" in cut and f"| {heads['attention']['values'][0]:.1f}, " in cut, "a stage cut short shows its runs"
     assert main(["study", str(path), "--stages", "heads"]) == 0
     again = _result(out, "heads")
     assert [(h["values"], h["parameters"]) for h in again["runs"]] == [(h["values"], h["parameters"]) for h in r["heads"]["runs"]]

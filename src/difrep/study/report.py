@@ -18,8 +18,9 @@ def _findings_table(tested: list[Finding]) -> list[str]:
 
 
 def write_report(out: Path, spec: StudySpec, description: str, stages: dict[str, Stage], results: dict[str, Result],
-                 findings: list[Finding], seconds: dict[str, float], keys: dict[str, str]) -> Path:
-    """``out/report.md`` and ``out/results.json`` from the finished stages (others are listed as not run yet)."""
+                 partial: set[str], findings: list[Finding], seconds: dict[str, float], keys: dict[str, str]) -> Path:
+    """``out/report.md`` and ``out/results.json`` from the stages' results; ``partial`` names stages cut short, whose
+    finished part is shown as such; stages with nothing to show are listed as not run yet."""
     lines = [f"# {spec.title}", ""]
     if description:
         lines += [description.strip(), ""]
@@ -28,7 +29,10 @@ def write_report(out: Path, spec: StudySpec, description: str, stages: dict[str,
     for name, stage in stages.items():
         if name not in results:
             continue
-        lines += [f"## {stage.heading or name} (`{name}`)", "", *stage.report(results[name], name)]
+        lines += [f"## {stage.heading or name} (`{name}`)", ""]
+        if name in partial:
+            lines += ["**Not finished**: the runs done so far (`difrep study` with the same file continues).", ""]
+        lines += stage.report(results[name], name)
         mine = [f for f in findings if f.stage == name]
         if mine:
             lines += ["What this tests of the paper's findings:", "", *_findings_table(mine)]
@@ -39,7 +43,7 @@ def write_report(out: Path, spec: StudySpec, description: str, stages: dict[str,
     path = out / "report.md"
     path.write_text("\n".join(lines))
     summary: dict[str, Any] = {"title": spec.title, "findings": [asdict(f) for f in findings],
-                               "stages": {name: {"kind": stages[name].kind, "key": keys.get(name), "result": r}
-                                          for name, r in results.items()}}
+                               "stages": {name: {"kind": stages[name].kind, "key": keys.get(name), "finished": name not in partial,
+                                                 "result": r} for name, r in results.items()}}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return path

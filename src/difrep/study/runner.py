@@ -147,14 +147,21 @@ class Study:
         for name in self.stages:
             if only is None or name in only:
                 self.result(name)
-        for name, stage in self.stages.items():  # stages this call left alone but an earlier one finished
+        partial: dict[str, Result] = {}
+        for name, stage in self.stages.items():  # stages this call left alone: finished earlier, or cut short
             reads = references(stage.raw) & set(self.stages)
-            if name not in self.results and reads <= set(self.results) and (saved := self.stored(name)) is not None:
+            if name in self.results or not reads <= set(self.results):
+                continue
+            if (saved := self.stored(name)) is not None:
                 self.results[name] = saved["result"]
-        seconds = {name: json.loads((self.folder(name) / "result.json").read_text())["seconds"] for name in self.results}
-        findings = Judge(self.stages, self.results, self.spec.source).all(self.spec.findings)
+            elif (done := stage.partial(self.ctx, self.folder(name), self.spec.seeds)) is not None:
+                partial[name] = done
+        seconds = {name: json.loads((self.folder(name) / "result.json").read_text())["seconds"]
+                   for name in self.stages if name in self.results}
+        shown = {**self.results, **partial}
+        findings = Judge(self.stages, shown, self.spec.source).all(self.spec.findings)
         description = substitute(self.spec.description, self._lookup, "description")
-        write_report(self.out, self.spec, description, self.stages, self.results, findings, seconds, self.keys)
+        write_report(self.out, self.spec, description, self.stages, shown, set(partial), findings, seconds, self.keys)
         return self.results
 
 

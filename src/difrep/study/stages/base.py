@@ -75,6 +75,10 @@ class Stage:
     def run(self, ctx: StudyContext, folder: Path, seeds: list[int]) -> Result:
         raise NotImplementedError
 
+    def partial(self, ctx: StudyContext, folder: Path, seeds: list[int]) -> Result | None:
+        """What a stage cut short has finished, for the report, computing nothing; None: nothing to show."""
+        return None
+
     def depends(self) -> dict[str, Any]:
         """What the results depend on beyond the settings (a config file's content)."""
         return {}

@@ -135,6 +135,14 @@ class TrainStage(Stage):
 
     # ----- running
     def run(self, ctx: StudyContext, folder: Path, seeds: list[int]) -> Result:
+        return self._runs(ctx, folder, seeds, train=True)
+
+    def partial(self, ctx: StudyContext, folder: Path, seeds: list[int]) -> Result | None:
+        """The finished runs of a stage cut short, trained nothing."""
+        result = self._runs(ctx, folder, seeds, train=False)
+        return result if any(r["values"] for r in result["runs"]) else None
+
+    def _runs(self, ctx: StudyContext, folder: Path, seeds: list[int], train: bool) -> Result:
         self.check()
         s = self.settings
         load, fit, metrics = TASKS[s["task"]]
@@ -153,7 +161,7 @@ class TrainStage(Stage):
                 rid = self.run_id(run)
                 config = configs[rid]
                 if run.get("probe"):
-                    if seed == seeds[0]:
+                    if seed == seeds[0] and (train or (folder / rid / "study_run.json").is_file()):
                         records[rid].append(memo(folder / rid / "study_run.json",
                                                  lambda run=run, config=config: self._probe(run, caches(config))))
                     continue
@@ -171,6 +179,8 @@ class TrainStage(Stage):
                     path.write_text(yaml.safe_dump(config, sort_keys=False))
                     return _timed(load, fit, metrics, path, [*extra, f"run.seed={seed}", f"run.out={out}"])
 
+                if not train and not (out / "study_run.json").is_file():
+                    continue
                 record = memo(out / "study_run.json", train_run)
                 records[rid].append({**record, "seed": seed})
         result_runs = []
@@ -185,7 +195,7 @@ class TrainStage(Stage):
                             f"--key {FeatureKey(**run['key']).name}" if run.get("probe") and mine else
                             f"difrep train {folder / rid}.yaml run.seed=SEED run.out={folder / rid}-seedSEED")})
         result: Result = {"task": s["task"], "metric": self.metric, "seeds": seeds, "runs": result_runs}
-        if s["grid"]:
+        if s["grid"] and train:
             best = max(result_runs, key=lambda r: r["mean"])
             t, b = (int(x[1:]) for x in best["id"].split("_"))
             result["chosen"] = {"t": t, "b": b, self.metric: best["mean"]}
