@@ -213,3 +213,17 @@ def step_and_gap(one: dict, two: dict, init: dict) -> tuple[torch.Tensor, torch.
     step = torch.cat([(one[k] - init[k]).flatten() for k in keys]).norm()
     gap = torch.cat([(two[k] - one[k]).flatten() for k in keys]).norm()
     return step, gap
+
+
+def count_loads(monkeypatch, path: Path) -> list[Path]:
+    """Every ``torch.load`` of ``path`` from now on, appended to the returned list (its length: the reads)."""
+    reads: list[Path] = []
+    load = torch.load
+
+    def counting(f, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(f, (str, Path)) and Path(f).resolve() == Path(path).resolve():
+            reads.append(Path(f))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    return reads

@@ -128,12 +128,19 @@ class Task(ABC):
         return history[-1] if history else {}
 
 
-def read_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A run's ``last.pt`` (weights only) and its saved config with ``section.option`` overrides applied."""
+def load_run_state(path: str | Path) -> dict[str, Any]:
+    """A run's ``last.pt``, read to the CPU as weights only (no pickled code runs)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path}: no such file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None, state: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's ``last.pt`` and its saved config with ``section.option`` overrides applied. ``state``: what
+    :func:`load_run_state` read from ``path`` already, so that a large checkpoint is not read twice."""
+    state = load_run_state(path) if state is None else state
     config = state["config"]
     for key, value in (overrides or {}).items():
         section, option = key.split(".", 1)

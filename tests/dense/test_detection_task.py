@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from fakes import TINY_DENSE_ADM, make_tiny_scenes, step_and_gap, torchrun_train
+from fakes import TINY_DENSE_ADM, count_loads, make_tiny_scenes, step_and_gap, torchrun_train
 
 from difrep.cli.main import main
 from difrep.dense import (
@@ -153,10 +153,12 @@ def test_any_backbone_of_the_interface_and_bad_settings(scenes, tmp_path):
         DetectionTask(load_detection_config(None, _overrides(scenes, tmp_path, **{"features.input_size": 31})))
 
 
-def test_difrep_train_picks_the_detection_task_and_evaluate_reads_it(scenes, tmp_path, capsys):
+def test_difrep_train_picks_the_detection_task_and_evaluate_reads_it(scenes, tmp_path, capsys, monkeypatch):
     args = _overrides(scenes, tmp_path, **{"optim.iterations": 2, "run.log_every": 2, "run.eval_every": 2,
                                            "run.draw": 0})
     assert main(["train", *args]) == 0
     assert "box AP" in capsys.readouterr().out
+    reads = count_loads(monkeypatch, tmp_path / "last.pt")
     assert main(["evaluate", str(tmp_path / "last.pt"), "--out", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["images"] == 4
+    assert len(reads) == 1, "evaluate reads the checkpoint once"

@@ -189,10 +189,12 @@ def train_detection(cfg: DetectionConfig) -> dict[str, Any]:
     return Engine(DetectionTask(cfg)).run()
 
 
-def evaluate_detection_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Rebuild a detection run from its checkpoint and evaluate it (any number of processes)."""
+def evaluate_detection_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None,
+                                  state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rebuild a detection run from its checkpoint and evaluate it (any number of processes);
+    ``state``: the checkpoint as :func:`~difrep.engine.load_run_state` read it, not read again."""
     path = Path(path)
-    state, data = read_checkpoint(path, overrides)
+    state, data = read_checkpoint(path, overrides, state)
     task = DetectionTask(detection_config_from_dict(data))
     task.load_trainable_state(state["weights"], path)
     return {**task.evaluate(), "checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "step": state["step"]}
