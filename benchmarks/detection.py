@@ -6,8 +6,8 @@ the narrow heads of configs/scenes_maskrcnn_fmnist.yaml, 256-pixel crops). Each 
 fresh process, and its peak memory is ``measure_peak``'s over the whole case, the U-Net's build included
 (CPU: the resident high-water mark above the process's with torch imported; CUDA: peak allocated device
 memory). Random weights for ADM-256 (no download), random images with 8 box-shaped
-objects each; training = forward, backward and AdamW step of the batch; inference = one image at a time,
-as difrep evaluates.
+objects each; training = forward, backward and AdamW step of the batch; inference = one image at a time
+(difrep's evaluation batches images of one size, ``run.eval_batch``).
 
     python benchmarks/detection.py                          # CPU: paper setting at 512, batch 1
     python benchmarks/detection.py --device cuda --size 1024 --batch 4 --iterations 10
