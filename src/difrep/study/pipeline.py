@@ -41,16 +41,11 @@ from ..evaluation.cka import cka_matrix
 from ..evaluation.knn import knn_accuracy
 from ..evaluation.linear import fit_sgd_linear_probe
 from ..evaluation.plots import plot_cka, plot_sweep
-from ..evaluation.samples import (
-    accuracy,
-    channel_disagreement,
-    sample_recognition,
-    train_reference_classifier,
-)
+from ..evaluation.samples import accuracy, channel_disagreement, sample_recognition
 from ..evaluation.sweep import SweepRow, best_row, sweep_row, write_csv
 from ..features.cache import CacheWriter, FeatureCache, FeatureKey
 from ..models import create_model
-from ..training import load_config, train
+from ..training import load_config, train, train_reference_classifier
 from ..utils.files import atomic_write, weights_sha256
 from ..utils.images import save_grid
 from .config import StudyConfig
