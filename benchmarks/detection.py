@@ -3,10 +3,11 @@
 Two settings: the paper's (ADM-256 b = 24 at t = 75, ViTDet's heads; the detector and U-Net at --size,
 1024 in configs/coco_maskrcnn_gd_b24.yaml) and the scenes benchmark's (the shipped adm-fmnist-28, b = 13,
 the narrow heads of configs/scenes_maskrcnn_fmnist.yaml, 256-pixel crops). Each (setting, mode) runs in a
-fresh process, so its peak memory is its own (CPU: peak resident memory, the U-Net included; CUDA: peak
-allocated device memory). Random weights for ADM-256 (no download), random images with 8 box-shaped
-objects each; training = forward, backward and AdamW step of the batch; inference = one image at a time,
-as difrep evaluates.
+fresh process, and its peak memory is ``measure_peak``'s over the whole case, the U-Net's build included
+(CPU: the resident high-water mark above the process's with torch imported; CUDA: peak allocated device
+memory). Random weights for ADM-256 (no download), random images with 8 box-shaped
+objects each; training = forward, backward and AdamW step of the batch; inference = one image at a time
+(difrep's evaluation batches images of one size, ``run.eval_batch``).
 
     python benchmarks/detection.py                          # CPU: paper setting at 512, batch 1
     python benchmarks/detection.py --device cuda --size 1024 --batch 4 --iterations 10
@@ -21,7 +22,7 @@ import subprocess
 import sys
 
 import torch
-from measure import peak_bytes, seconds_per_step
+from measure import seconds_per_step
 
 SETTINGS = ("paper: adm-256-uncond b=24, ViTDet heads", "scenes: adm-fmnist-28 b=13, narrow heads")
 
@@ -84,10 +85,8 @@ def run_case(setting: str, mode: str, device: str, batch: int, iterations: int, 
             net(images)
 
     seconds = seconds_per_step(step, iterations, device)
-    peak = peak_bytes(device)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    return {"images_per_s": len(images) / seconds, "seconds": seconds, "peak_gib": peak / 2**30,
-            "trainable_m": trainable / 1e6, "size": size}
+    return {"images_per_s": len(images) / seconds, "seconds": seconds, "trainable_m": trainable / 1e6, "size": size}
 
 
 def count_flops(size: int, rois: int = 512, positives: int = 128) -> dict:
@@ -135,7 +134,11 @@ def main() -> None:
             print(f"{size:>11} {f['unet'] / 1e12:8.2f} T {f['heads'] / 1e12:8.2f} T {train / 1e12:12.2f} T")
         return
     if args.case:
-        print(json.dumps(run_case(*args.case, args.device, args.batch, args.iterations, args.size)))
+        from difrep.features.memory import measure_peak
+
+        result, peak = measure_peak(lambda: run_case(*args.case, args.device, args.batch, args.iterations, args.size),
+                                    args.device)
+        print(json.dumps({**result, "peak_gib": peak / 2**30}))
         return
     print(f"Mask R-CNN on frozen diffusion features, {args.device}, fp32, training batch {args.batch}, "
           f"{args.iterations} iterations after a warm-up")

@@ -1,8 +1,9 @@
 """UperNet training speed and peak memory on the paper's setting: ADM-256 features at crop 512 (input 256).
 
-Each case runs in a fresh process, so its peak memory is its own (CPU: peak resident memory, the
-553M-parameter U-Net's 2.1 GiB included; CUDA: peak allocated device memory). Random weights, random
-images and labels; one iteration = forward, backward and AdamW step of the configured batch.
+Each case runs in a fresh process, and its peak memory is ``measure_peak``'s over the whole case (CPU: the
+resident high-water mark above the process's with torch imported, the 553M-parameter U-Net's 2.1 GiB
+included; CUDA: peak allocated device memory). Random weights, random images and labels; one iteration =
+forward, backward and AdamW step of the configured batch.
 
     python benchmarks/segmentation.py                         # CPU, batch 2, 2 iterations per case
     python benchmarks/segmentation.py --device cuda --iterations 20
@@ -16,7 +17,7 @@ import subprocess
 import sys
 
 import torch
-from measure import peak_bytes, seconds_per_step
+from measure import seconds_per_step
 
 CASES = {
     "frozen, b = 24": dict(blocks=[24], finetune=False),
@@ -52,10 +53,8 @@ def run_case(case: str, device: str, batch: int, iterations: int, crop: int) -> 
         opt.step()
 
     seconds = seconds_per_step(step, iterations, device)
-    peak = peak_bytes(device)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    return {"case": case, "it_per_s": 1 / seconds, "seconds": seconds, "peak_gib": peak / 2**30,
-            "trainable_m": trainable / 1e6}
+    return {"case": case, "it_per_s": 1 / seconds, "seconds": seconds, "trainable_m": trainable / 1e6}
 
 
 def main() -> None:
@@ -67,7 +66,11 @@ def main() -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.device, args.batch, args.iterations, args.crop)))
+        from difrep.features.memory import measure_peak
+
+        result, peak = measure_peak(lambda: run_case(args.case, args.device, args.batch, args.iterations, args.crop),
+                                    args.device)
+        print(json.dumps({**result, "peak_gib": peak / 2**30}))
         return
     print(f"UperNet on adm-256-uncond features, crop {args.crop} -> input 256, batch {args.batch}, {args.device}, "
           f"fp32, {args.iterations} iterations after a warm-up")

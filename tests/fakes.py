@@ -56,6 +56,17 @@ def write_image(path, label: int, size: tuple[int, int] = (12, 10)) -> None:
     Image.new("RGB", size, color_of(label)).save(path)
 
 
+def make_stripes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class 0: horizontal stripes, class 1: vertical, class 2: a bright square; noisy, in [-1, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    images = torch.full((n, 1, 28, 28), -1.0)
+    images[labels == 0, :, ::4, :] = 1
+    images[labels == 1, :, :, ::4] = 1
+    images[labels == 2, :, 8:20, 8:20] = 1
+    return (images + 0.3 * torch.randn(images.shape, generator=gen)).clamp(-1, 1), labels
+
+
 def make_cub(root, classes: int = 3, train: int = 2, test: int = 1):
     """CUB_200_2011/ as extracted from CUB_200_2011.tgz."""
     base = root / "CUB_200_2011"
@@ -213,3 +224,17 @@ def step_and_gap(one: dict, two: dict, init: dict) -> tuple[torch.Tensor, torch.
     step = torch.cat([(one[k] - init[k]).flatten() for k in keys]).norm()
     gap = torch.cat([(two[k] - one[k]).flatten() for k in keys]).norm()
     return step, gap
+
+
+def count_loads(monkeypatch, path: Path) -> list[Path]:
+    """Every ``torch.load`` of ``path`` from now on, appended to the returned list (its length: the reads)."""
+    reads: list[Path] = []
+    load = torch.load
+
+    def counting(f, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(f, (str, Path)) and Path(f).resolve() == Path(path).resolve():
+            reads.append(Path(f))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    return reads

@@ -73,3 +73,13 @@ def test_the_checker_sees_relative_imports():
     stage = _imports(ROOT / "study" / "stages" / "train.py")
     assert any(_package(t) == "features" for t in stage) and any(_package(t) == "utils" for t in stage)
     assert any(_package(t) == "study" for t in stage), "a relative import within the package counts as its own"
+
+
+def test_only_the_engine_and_the_probes_call_backward():
+    """Anything else that trains is a Task on the engine, which owns precision, scaling, accumulation and
+    clipping; the probes (evaluation/linear.py) keep their own short loops, the paper's protocol."""
+    allowed = {Path("engine.py"), Path("evaluation", "linear.py")}
+    callers = {path.relative_to(ROOT) for path in ROOT.rglob("*.py") if ".backward(" in path.read_text()}
+    outside = sorted(str(path) for path in callers - allowed)
+    assert not outside, f"backward() outside the engine and the probes: {outside}"
+    assert callers == allowed, "the check no longer sees the engine's own backward()"

@@ -128,12 +128,19 @@ class Task(ABC):
         return history[-1] if history else {}
 
 
-def read_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A run's ``last.pt`` (weights only) and its saved config with ``section.option`` overrides applied."""
+def load_run_state(path: str | Path) -> dict[str, Any]:
+    """A run's ``last.pt``, read to the CPU as weights only (no pickled code runs)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path}: no such file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None, state: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's ``last.pt`` and its saved config with ``section.option`` overrides applied. ``state``: what
+    :func:`load_run_state` read from ``path`` already, so that a large checkpoint is not read twice."""
+    state = load_run_state(path) if state is None else state
     config = state["config"]
     for key, value in (overrides or {}).items():
         section, option = key.split(".", 1)
@@ -158,6 +165,7 @@ class Engine:
         self.scaler = torch.amp.GradScaler(task.device.type, enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self.period = 0
+        self.step_lr: float | None = None  # the lr of the last optimiser step taken (the first group's)
         self.history: list[dict[str, Any]] = []
 
     # checkpoints ---------------------------------------------------------------------------------------
@@ -198,6 +206,7 @@ class Engine:
         if clip is not None:
             self.scaler.unscale_(self.opt)
             norm = nn.utils.clip_grad_norm_(self.params, clip or math.inf)
+        self.step_lr = self.opt.param_groups[0]["lr"]
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
@@ -237,7 +246,7 @@ class Engine:
                 sums[k] = sums.get(k, 0) + v.detach().float()
             count += 1
             if count % 25 == 1:  # reading the loss waits for the device: not at every batch
-                bar.set_postfix(loss=f"{float(sums['loss']) / count:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.2e}")
+                bar.set_postfix(loss=f"{float(sums['loss']) / count:.4f}", lr=f"{self._logged_lr():.2e}")
         if pending:  # the period's last, shorter accumulation
             self._step_and_record({}, bar)
         if not count and not t.step_schedule:  # step-scheduled tasks may resume at a period's very end
@@ -246,6 +255,11 @@ class Engine:
         if not t.step_schedule:
             self.sched.step()
         return self._mean_over_processes(sums, count)
+
+    def _logged_lr(self) -> float:
+        """The lr of the period's last optimiser step, what a per-step schedule (warm-up, decay) reached rather than
+        its first step's; before any step (a run resumed at a period's very end), the next step's."""
+        return self.opt.param_groups[0]["lr"] if self.step_lr is None else self.step_lr
 
     def _mean_over_processes(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
         """The period's batch means over every process, not rank 0's share alone (every rank calls it)."""
@@ -264,10 +278,10 @@ class Engine:
         logger = RunLogger(self.out, t, enabled=t.rank == 0, history=self.history)
         bar = tqdm(desc="train", unit="step", initial=self.step, disable=not (t.settings.progress and t.rank == 0))
         for period in range(start, t.num_periods):
-            began, lr, first_step = time.perf_counter(), self.opt.param_groups[0]["lr"], self.step
+            began, first_step, self.step_lr = time.perf_counter(), self.step, None
             terms = self._train_period(period, bar)
             self.period = period + 1
-            row: dict[str, Any] = {t.position_name: self._position(), **terms, "lr": lr}
+            row: dict[str, Any] = {t.position_name: self._position(), **terms, "lr": self._logged_lr()}
             if t.evaluate_now(period):
                 row.update(t.evaluate())
             seconds = time.perf_counter() - began

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from fakes import TINY_DENSE_ADM, make_tiny_scenes, step_and_gap, torchrun_train
+from fakes import TINY_DENSE_ADM, count_loads, make_tiny_scenes, step_and_gap, torchrun_train
 
 from difrep.cli.main import main
 from difrep.dense import (
@@ -94,6 +94,43 @@ def test_a_short_run_lowers_the_loss_and_saves_only_what_it_trains(scenes, tmp_p
     assert again["bbox_AP"] == metrics["bbox_AP"] and again["segm_AP"] == metrics["segm_AP"], "evaluation is seeded"
 
 
+def test_batched_evaluation_equals_one_image_at_a_time(scenes, tmp_path):
+    """Batches of images of one size (the detector pads a batch to its largest) give each image's own detections
+    and the same AP, whatever the batch and however it divides the split."""
+    train_detection(load_detection_config(None, _overrides(scenes, tmp_path, **{"run.draw": 0})))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    tasks = {}
+    for batch in (1, 3, None):  # None: optim.batch_size, 4 = every test scene in one forward; a low threshold
+        # keeps the detections of this short run
+        chosen = {"head.score_threshold": 0.01, **({} if batch is None else {"run.eval_batch": batch})}
+        cfg = load_detection_config(None, _overrides(scenes, tmp_path / f"eval{batch}", **chosen))
+        tasks[batch] = DetectionTask(cfg)
+        tasks[batch].load_trainable_state(state["weights"], tmp_path / "last.pt")
+    assert tasks[1].eval_batches() == [[0], [1], [2], [3]]
+    assert tasks[3].eval_batches() == [[0, 1, 2], [3]] and tasks[None].eval_batches() == [[0, 1, 2, 3]]
+    data = tasks[1].test_data
+    images, indices = [data[i][0] for i in range(4)], list(range(4))
+    together = tasks[None].predict_batch(images, indices)
+    assert sum(len(found["boxes"]) for found in together) > 0, "a test without detections would prove nothing"
+    for image, index, found in zip(images, indices, together):
+        alone = tasks[1].predict(image, index)
+        assert alone.keys() == found.keys()
+        for key in alone:
+            torch.testing.assert_close(found[key], alone[key], rtol=1e-4, atol=1e-4, msg=f"image {index}: {key}")
+    metrics = {batch: task.evaluate() for batch, task in tasks.items()}
+    assert metrics[1]["images"] == 4
+    assert metrics[3] == pytest.approx(metrics[1]) and metrics[None] == pytest.approx(metrics[1])
+
+
+def test_evaluation_batches_hold_images_of_one_size(scenes, tmp_path):
+    task = DetectionTask(load_detection_config(None, _overrides(scenes, tmp_path, **{"run.eval_batch": 2})))
+    coco, ids = task.test_data.coco, task.test_data.image_ids
+    coco.imgs[ids[1]] = {**coco.imgs[ids[1]], "height": 48}  # only the plan reads the sizes; nothing is loaded
+    assert task.eval_batches() == [[0, 2], [3], [1]]
+    with pytest.raises(UserError, match="run.eval_batch must be positive"):
+        DetectionTask(load_detection_config(None, _overrides(scenes, tmp_path, **{"run.eval_batch": 0})))
+
+
 def test_a_killed_run_resumes_to_the_same_weights(scenes, tmp_path, monkeypatch):
     train_detection(load_detection_config(None, _overrides(scenes, tmp_path / "a", **{"run.draw": 0})))
     original = DetectionTask.loss
@@ -153,10 +190,12 @@ def test_any_backbone_of_the_interface_and_bad_settings(scenes, tmp_path):
         DetectionTask(load_detection_config(None, _overrides(scenes, tmp_path, **{"features.input_size": 31})))
 
 
-def test_difrep_train_picks_the_detection_task_and_evaluate_reads_it(scenes, tmp_path, capsys):
+def test_difrep_train_picks_the_detection_task_and_evaluate_reads_it(scenes, tmp_path, capsys, monkeypatch):
     args = _overrides(scenes, tmp_path, **{"optim.iterations": 2, "run.log_every": 2, "run.eval_every": 2,
                                            "run.draw": 0})
     assert main(["train", *args]) == 0
     assert "box AP" in capsys.readouterr().out
+    reads = count_loads(monkeypatch, tmp_path / "last.pt")
     assert main(["evaluate", str(tmp_path / "last.pt"), "--out", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["images"] == 4
+    assert len(reads) == 1, "evaluate reads the checkpoint once"

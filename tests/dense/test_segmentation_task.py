@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from fakes import TINY_DENSE_ADM, make_tiny_scenes, step_and_gap, torchrun_train
+from fakes import TINY_DENSE_ADM, count_loads, make_tiny_scenes, step_and_gap, torchrun_train
 
 from difrep.cli.main import main
 from difrep.data import create_segmentation_dataset
@@ -127,10 +127,12 @@ def test_bad_settings_are_refused(scenes, tmp_path):
         SegmentationTask(load_segmentation_config(None, _overrides(scenes, tmp_path, **{"features.input_size": 31})))
 
 
-def test_difrep_train_picks_the_segmentation_task_and_evaluate_reads_it(scenes, tmp_path, capsys):
+def test_difrep_train_picks_the_segmentation_task_and_evaluate_reads_it(scenes, tmp_path, capsys, monkeypatch):
     args = _overrides(scenes, tmp_path, **{"optim.iterations": 2, "run.log_every": 2, "run.eval_every": 2,
                                            "run.overlays": 0})
     assert main(["train", *args]) == 0
     assert "mIoU" in capsys.readouterr().out
+    reads = count_loads(monkeypatch, tmp_path / "last.pt")
     assert main(["evaluate", str(tmp_path / "last.pt"), "--out", str(tmp_path / "eval.json")]) == 0
     assert "per_class_iou" in json.loads((tmp_path / "eval.json").read_text())
+    assert len(reads) == 1, "evaluate reads the checkpoint once"

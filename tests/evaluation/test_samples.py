@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fakes import make_stripes
 
 from difrep.errors import UserError
-from difrep.evaluation.samples import (
-    Recognition,
-    accuracy,
-    channel_disagreement,
-    sample_recognition,
-    train_reference_classifier,
-)
+from difrep.evaluation.samples import Recognition, accuracy, channel_disagreement, sample_recognition
+from difrep.training import train_reference_classifier
 
 
 def test_channel_disagreement_is_the_mean_pairwise_absolute_difference():
@@ -32,21 +28,10 @@ def test_recognition_counts_confident_names():
     assert r.mean_confidence == pytest.approx(100 * (0.95 + 0.5 + 0.9) / 3)
 
 
-def _stripes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class 0: horizontal stripes, class 1: vertical, class 2: a bright square; noisy, in [-1, 1]."""
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    images = torch.full((n, 1, 28, 28), -1.0)
-    images[labels == 0, :, ::4, :] = 1
-    images[labels == 1, :, :, ::4] = 1
-    images[labels == 2, :, 8:20, 8:20] = 1
-    return (images + 0.3 * torch.randn(images.shape, generator=gen)).clamp(-1, 1), labels
-
-
 def test_the_reference_classifier_learns_and_tells_data_from_noise():
-    x, y = _stripes(300, 0)
+    x, y = make_stripes(300, 0)
     clf = train_reference_classifier(x.expand(-1, 3, -1, -1), y, epochs=3, seed=0)  # RGB grey is read as grey
-    test_x, test_y = _stripes(60, 1)
+    test_x, test_y = make_stripes(60, 1)
     assert accuracy(clf, test_x, test_y) > 95
     squares = test_x[test_y == 2]
     seen = sample_recognition(clf, squares, test_x, threshold=0.9)

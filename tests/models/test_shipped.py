@@ -72,12 +72,8 @@ def test_the_shipped_models_samples_are_grey_garments_a_classifier_recognises(sh
     """Samples of a grey model cannot carry colour casts; a small CNN trained on real labelled images names
     them with high confidence about as often as real test images, and not all as one class."""
     from difrep.diffusion import sample
-    from difrep.evaluation.samples import (
-        accuracy,
-        channel_disagreement,
-        sample_recognition,
-        train_reference_classifier,
-    )
+    from difrep.evaluation.samples import accuracy, channel_disagreement, sample_recognition
+    from difrep.training import train_reference_classifier
 
     def grey(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         data = create_dataset("fashion-mnist", DEBIAN_FASHION_MNIST, split, transform=build_transform(28), check=False)

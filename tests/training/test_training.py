@@ -8,8 +8,9 @@ import sys
 
 import pytest
 import torch
-from fakes import make_fashion_mnist
+from fakes import count_loads, make_fashion_mnist
 
+from difrep.cli.main import main
 from difrep.data import DEBIAN_FASHION_MNIST
 from difrep.engine import Engine
 from difrep.training import ClassificationTask, evaluate_checkpoint, load_config, train
@@ -174,6 +175,15 @@ def test_evaluation_is_the_same_on_one_and_two_processes(fake, tmp_path):
     assert (r1["top1"], r1["top5"]) == (r2["top1"], r2["top5"])
 
 
+def test_difrep_evaluate_reads_the_checkpoint_once(fake, tmp_path, monkeypatch):
+    """The command reads the task from the checkpoint and hands what it read to the task's evaluator."""
+    train(load_config(None, _overrides(fake, tmp_path, **{"optim.epochs": 1})))
+    reads = count_loads(monkeypatch, tmp_path / "last.pt")
+    assert main(["evaluate", str(tmp_path / "last.pt"), "--out", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["images"] == 40
+    assert len(reads) == 1
+
+
 def test_finetuning_bf16_cosine_and_tensorboard(fake, tmp_path):
     cfg = load_config(None, _overrides(fake, tmp_path, **{
         "run.finetune": "true", "run.precision": "bf16", "optim.schedule": "cosine", "optim.epochs": 2,
@@ -220,8 +230,6 @@ def test_ddp_finetuning_on_two_processes_equals_one_process(fake, tmp_path):
 def test_a_head_trains_from_a_feature_cache_and_evaluates_the_same_online(fake, tmp_path):
     """features.cache_train/cache_test: the head learns from cached features, and its checkpoint, evaluated on
     the images through the U-Net (same per-image noise, float32 cache), gives the same top-1 and top-5."""
-    from difrep.cli.main import main
-
     flags = [x for k, v in TINY.items() for x in (f"--{k}", str(v))]
     for split in ("train", "test"):
         assert main(["extract", "--model", "adm", *flags, "--data", "fashion-mnist", "--root", str(fake), "--no-check",

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from ..dense import (
@@ -18,7 +17,8 @@ from ..dense import (
     train_detection,
     train_segmentation,
 )
-from ..errors import MissingFileError, UserError
+from ..engine import load_run_state
+from ..errors import UserError
 from ..training import TrainConfig, evaluate_checkpoint, load_config, train
 from ..utils.config import parse_override, read_options
 
@@ -85,12 +85,11 @@ def run_train(args: argparse.Namespace, extra: list[str]) -> int:
 def run_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = {".".join(keys): value for keys, value in map(parse_override, extra)}
     path = Path(args.checkpoint)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint {path}: no such file")
-    task = torch.load(path, map_location="cpu", weights_only=True)["config"].get("task", "classification")
+    state = load_run_state(path)
+    task = state["config"].get("task", "classification")
     if task not in EVALUATORS:
         raise UserError(f"{path}: its config has task={task!r}, which difrep cannot evaluate")
-    result = EVALUATORS[task](path, overrides)
+    result = EVALUATORS[task](path, overrides, state=state)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text)

@@ -68,6 +68,7 @@ class DetRunConfig:
     log_every: int = 500  # iterations per period (one log row, one checkpoint)
     eval_every: int = 30_000  # iterations between evaluations (and at the end)
     draw: int = 4  # validation images drawn with their predicted boxes and masks at the end
+    eval_batch: int | None = None  # images per evaluation forward, all of one size (None: optim.batch_size)
     tensorboard: bool = True
     wandb: bool = False
     progress: bool = True

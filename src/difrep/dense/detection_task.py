@@ -4,8 +4,8 @@ As for segmentation, every iteration is a pure function of (seed, iteration): it
 flip and noise, and the RPN's and RoI heads' samples come from seeds of (seed, iteration, position in the
 global batch). A resumed run continues exactly; w processes of batch B take the steps of one of batch
 w x B up to the losses' per-process normalisation (torchvision averages the mask loss over each process's
-positive RoIs). Evaluation runs one image at a time, each once over all processes, and scores box and
-mask AP with COCOeval on rank 0.
+positive RoIs). Evaluation runs batches of images of one size (``run.eval_batch``), which give what each
+image gives alone, each image once over all processes, and scores box and mask AP with COCOeval on rank 0.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class DetectionTask(DenseTask):
         precision_dtype(r.precision, "run.precision")
         if o.name != "adamw":
             raise UserError(f"optim.name={o.name!r}: detection trains with adamw")
-        if o.batch_size < 1 or r.log_every < 1 or r.eval_every < 1:
-            raise UserError("optim.batch_size, run.log_every and run.eval_every must be positive")
+        if o.batch_size < 1 or r.log_every < 1 or r.eval_every < 1 or (r.eval_batch is not None and r.eval_batch < 1):
+            raise UserError("optim.batch_size, run.log_every, run.eval_every and run.eval_batch must be positive")
         if len(f.timesteps) != 1 or len(f.blocks) != 1:
             raise UserError(f"features.timesteps={f.timesteps}, features.blocks={f.blocks}: detection takes one "
                             "noise step and one block (the pyramid is built from it)")
@@ -123,23 +123,39 @@ class DetectionTask(DenseTask):
         return loss, {"loss": loss, **{k: losses[k].detach().float() for k in LOSSES}}
 
     # evaluation ----------------------------------------------------------------------------------------
-    def predict(self, image: torch.Tensor, index: int) -> dict[str, torch.Tensor]:
-        """Detections of one image [3, H, W] in [0, 1] at its own size: boxes, labels, scores, masks."""
+    def predict_batch(self, images: list[torch.Tensor], indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """Detections of images [3, H, W] in [0, 1] at their own sizes, in one forward: boxes, labels, scores,
+        masks. Each image's noise comes from its own seed, so images of one size give what each gives alone."""
         self.net.eval()
-        set_seeds(self.net, [image_seed(self.cfg.run.seed, index)])
+        set_seeds(self.net, [image_seed(self.cfg.run.seed, index) for index in indices])
         amp = precision_dtype(self.cfg.run.precision, "run.precision")
         with torch.no_grad(), autocast(self.device, amp):
-            return self.net([image.to(self.device)])[0]
+            return self.net([image.to(self.device) for image in images])
+
+    def predict(self, image: torch.Tensor, index: int) -> dict[str, torch.Tensor]:
+        """Detections of one image [3, H, W] in [0, 1] at its own size."""
+        return self.predict_batch([image], [index])[0]
+
+    def eval_batches(self) -> list[list[int]]:
+        """This process's share of the evaluation split (each image once over all processes) in batches of
+        ``run.eval_batch`` images of one stored size: the detector pads a batch to its largest image, and the
+        backbone's noise is drawn at the padded size, so an image among larger ones would see other features."""
+        size = self.cfg.run.eval_batch or self.cfg.optim.batch_size
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index in ShardSampler(len(self.test_data), self.rank, self.world):
+            info = self.test_data.coco.imgs[self.test_data.image_ids[index]]
+            by_size.setdefault((int(info["height"]), int(info["width"])), []).append(index)
+        return [group[i : i + size] for group in by_size.values() for i in range(0, len(group), size)]
 
     def evaluate(self) -> dict[str, Any]:
         """Box and mask AP over the evaluation split (each image once, over every process)."""
-        sampler = ShardSampler(len(self.test_data), self.rank, self.world)
         workers = default_workers() if self.cfg.data.workers is None else self.cfg.data.workers
-        loader = DataLoader(self.test_data, batch_size=1, sampler=sampler, collate_fn=_collate, num_workers=workers)
+        loader = DataLoader(self.test_data, batch_sampler=self.eval_batches(), collate_fn=_collate, num_workers=workers)
         results: dict[int, list[dict[str, Any]]] = {}
-        for [image], _, [index] in tqdm(loader, desc="evaluate", disable=not (self.cfg.run.progress and self.rank == 0)):
-            image_id = self.test_data.image_ids[index]
-            results[image_id] = to_coco_results(self.predict(image, index), image_id, self.test_data.category_id)
+        for images, _, indices in tqdm(loader, desc="evaluate", disable=not (self.cfg.run.progress and self.rank == 0)):
+            for index, found in zip(indices, self.predict_batch(images, indices)):
+                image_id = self.test_data.image_ids[index]
+                results[image_id] = to_coco_results(found, image_id, self.test_data.category_id)
         results = gather_results(results)
         metrics = [coco_evaluate(self.test_data.coco, results) if self.rank == 0 else None]
         if self.world > 1:
@@ -189,10 +205,12 @@ def train_detection(cfg: DetectionConfig) -> dict[str, Any]:
     return Engine(DetectionTask(cfg)).run()
 
 
-def evaluate_detection_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Rebuild a detection run from its checkpoint and evaluate it (any number of processes)."""
+def evaluate_detection_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None,
+                                  state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rebuild a detection run from its checkpoint and evaluate it (any number of processes);
+    ``state``: the checkpoint as :func:`~difrep.engine.load_run_state` read it, not read again."""
     path = Path(path)
-    state, data = read_checkpoint(path, overrides)
+    state, data = read_checkpoint(path, overrides, state)
     task = DetectionTask(detection_config_from_dict(data))
     task.load_trainable_state(state["weights"], path)
     return {**task.evaluate(), "checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "step": state["step"]}

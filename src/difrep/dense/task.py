@@ -209,10 +209,12 @@ def train_segmentation(cfg: SegmentationConfig) -> dict[str, Any]:
     return Engine(SegmentationTask(cfg)).run()
 
 
-def evaluate_segmentation_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Rebuild a segmentation run from its checkpoint and evaluate it (any number of processes)."""
+def evaluate_segmentation_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None,
+                                     state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rebuild a segmentation run from its checkpoint and evaluate it (any number of processes);
+    ``state``: the checkpoint as :func:`~difrep.engine.load_run_state` read it, not read again."""
     path = Path(path)
-    state, data = read_checkpoint(path, overrides)
+    state, data = read_checkpoint(path, overrides, state)
     task = SegmentationTask(segmentation_config_from_dict(data))
     task.load_trainable_state(state["weights"], path)
     return {**task.evaluate(), "per_class_iou": dict(zip(task.classes, task._last_eval["per_class_iou"])),

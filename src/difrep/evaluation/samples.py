@@ -3,8 +3,9 @@
 - :func:`channel_disagreement`: for grey data the channels of a sample must agree; the mean absolute
   difference between channel pairs measures colour casts (0 for the data, and for one-channel samples).
 - :class:`ReferenceClassifier` and :func:`sample_recognition`: a small CNN trained on the data set's
-  labels names the class of each sample; samples that look like the data are named with high confidence
-  about as often as real test images are.
+  labels (:func:`difrep.training.reference.train_reference_classifier`, on the engine) names the class of
+  each sample; samples that look like the data are named with high confidence about as often as real test
+  images are.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import UserError
 
@@ -54,31 +54,9 @@ class ReferenceClassifier(nn.Module):
                           for i in range(0, len(images), batch_size)])
 
 
-def _grey(images: torch.Tensor) -> torch.Tensor:
+def to_grey(images: torch.Tensor) -> torch.Tensor:
     """[N, 1, H, W] grey levels: the channel mean, exact for grey images stored as RGB."""
     return images.mean(dim=1, keepdim=True) if images.shape[1] != 1 else images
-
-
-def train_reference_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, batch_size: int = 128,
-                               lr: float = 1e-3, seed: int = 0, progress: bool = False) -> ReferenceClassifier:
-    """Train :class:`ReferenceClassifier` on grey images [N, C, H, W] in [-1, 1] with their labels (Adam)."""
-    x, y = _grey(images), labels.long()
-    if len(x) != len(y):
-        raise UserError(f"{len(x)} images but {len(y)} labels")
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = ReferenceClassifier(1, int(y.max()) + 1, x.shape[-1])
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in tqdm(range(epochs), desc="reference classifier", disable=not progress):
-        order = torch.randperm(len(x), generator=generator)
-        for i in range(0, len(x), batch_size):
-            rows = order[i: i + batch_size]
-            loss = F.cross_entropy(model(x[rows]), y[rows])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return model.eval()
 
 
 @dataclass
@@ -99,11 +77,11 @@ class Recognition:
 def sample_recognition(classifier: ReferenceClassifier, samples: torch.Tensor, real: torch.Tensor,
                        threshold: float = 0.9) -> dict[str, Recognition]:
     """The classifier's view of generated ``samples`` and of ``real`` held-out images, side by side."""
-    return {name: Recognition.of(classifier.probabilities(_grey(images)), threshold)
+    return {name: Recognition.of(classifier.probabilities(to_grey(images)), threshold)
             for name, images in (("samples", samples), ("real", real))}
 
 
 def accuracy(classifier: ReferenceClassifier, images: torch.Tensor, labels: Iterable[int] | torch.Tensor) -> float:
     """Top-1 (%) of the reference classifier: a check that it learned the classes."""
-    names = classifier.probabilities(_grey(images)).argmax(dim=1)
+    names = classifier.probabilities(to_grey(images)).argmax(dim=1)
     return 100.0 * float((names == torch.as_tensor(labels)).float().mean())

@@ -314,10 +314,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return Engine(ClassificationTask(cfg)).run()
 
 
-def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Rebuild a run from its checkpoint and evaluate it on its test split (any number of processes)."""
+def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None,
+                        state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rebuild a run from its checkpoint and evaluate it on its test split (any number of processes);
+    ``state``: the checkpoint as :func:`~difrep.engine.load_run_state` read it, not read again."""
     path = Path(path)
-    state, data = read_checkpoint(path, overrides)
+    state, data = read_checkpoint(path, overrides, state)
     cfg = config_from_dict(data)
     task = ClassificationTask(cfg)
     if task.num_classes != state["num_classes"]:

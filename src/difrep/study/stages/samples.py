@@ -11,12 +11,8 @@ from typing import Any, ClassVar
 import torch
 
 from ...diffusion import sample
-from ...evaluation.samples import (
-    accuracy,
-    channel_disagreement,
-    sample_recognition,
-    train_reference_classifier,
-)
+from ...evaluation.samples import accuracy, channel_disagreement, sample_recognition
+from ...training import train_reference_classifier
 from ...utils.images import save_grid
 from ..context import StudyContext
 from .base import Result, Stage, table
@@ -44,7 +40,8 @@ class SamplesStage(Stage):
                           "sample_seconds": time.perf_counter() - began}
         if s["classifier_epochs"]:
             train, test = ctx.grey_images("train"), ctx.grey_images("test")
-            classifier = train_reference_classifier(*train, epochs=s["classifier_epochs"], seed=0, progress=ctx.progress)
+            classifier = train_reference_classifier(*train, epochs=s["classifier_epochs"], seed=0, progress=ctx.progress,
+                                                    device=ctx.device)
             torch.save(classifier.state_dict(), folder / "reference_classifier.pt")
             seen = sample_recognition(classifier, images, test[0], threshold=s["threshold"])
             if ddpm is not None:
