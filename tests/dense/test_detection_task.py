@@ -88,6 +88,8 @@ def test_a_short_run_lowers_the_loss_and_saves_only_what_it_trains(scenes, tmp_p
     assert not any(k.startswith("backbone.backbone.") for k in state["weights"]), "the frozen U-Net is not saved"
     assert any(k.startswith("backbone.pyramid.") for k in state["weights"]) and any(
         k.startswith("roi_heads.mask_predictor") for k in state["weights"])
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    assert metrics["parameters"] == sum(v.numel() for k, v in state["weights"].items() if not k.endswith(buffers)) > 0
     assert (tmp_path / "predictions.png").stat().st_size > 500
     assert "Average Precision" in (tmp_path / "coco_eval.txt").read_text()
     again = evaluate_detection_checkpoint(tmp_path / "last.pt")

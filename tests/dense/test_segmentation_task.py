@@ -56,6 +56,8 @@ def test_a_short_run_lowers_the_loss_beats_chance_and_saves_only_what_it_trains(
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert not any(k.startswith("features.backbone.") for k in state["weights"]), "the frozen U-Net is not saved"
     assert any(k.startswith("decoder.") for k in state["weights"]) and any(k.startswith("features.proj") for k in state["weights"])
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    assert metrics["parameters"] == sum(v.numel() for k, v in state["weights"].items() if not k.endswith(buffers)) > 0
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert len(saved["per_class_iou"]) == 11 and "background" in saved["per_class_iou"]
     assert (tmp_path / "overlays.png").stat().st_size > 500

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from fakes import make_fake_scenes
 
 from difrep.cli.main import main
@@ -38,6 +40,11 @@ def test_the_segmentation_study_selects_on_held_out_scenes_runs_every_run_and_re
     assert shipped["features"]["blocks"] == [select["chosen"]["b"]] and shipped["run"]["overlays"] == 4
     resnet = json.loads((out / "final" / "resnet18-seed0" / "metrics.json").read_text())["config"]
     assert resnet["model"]["name"] == "timm:resnet18" and resnet["run"]["finetune"] is True
+    trained = {r["id"]: r["parameters"] for r in final["runs"]}
+    assert trained["random"] == trained["shipped"] > 0, "the same UperNet on either U-Net"
+    assert trained["resnet18"] > 11_000_000, "the fine-tuned ResNet-18 (11.2M without its classifier) is trained too"
+    base = yaml.safe_load((out / "final" / "shipped.yaml").read_text())["base"]
+    assert not Path(base).is_absolute() and (out / "final" / base).resolve() == STUDIES.parent / "scenes_upernet_fmnist.yaml"
     assert "| The trained U-Net's features segment better than a random-init copy's |" in (out / "report.md").read_text()
     stamps = _stamps(out)
     assert main(study) == 0

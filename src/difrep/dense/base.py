@@ -80,6 +80,12 @@ class DenseTask(Task):
         rebuilt from model.name / checkpoint, never saved."""
         return trainable_weights(self.net.state_dict(), self.backbone_prefix, self.model, self.cfg.run.finetune)
 
+    def trained_parameters(self) -> int:
+        """How many parameters the run trains: those of :meth:`trainable_state` (buffers such as BatchNorm
+        statistics are not counted)."""
+        kept = self.trainable_state().keys()
+        return sum(p.numel() for n, p in self.net.named_parameters() if n in kept)
+
     def batches(self, period: int, first_step: int) -> Iterable[Any]:
         r = self.cfg.run
         stop = min((period + 1) * r.log_every, self.iterations)

@@ -165,8 +165,8 @@ class DetectionTask(DenseTask):
 
     def finish(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
         row = history[-1] if history else {}
-        final = {**row, "checkpoint": str(out / "last.pt"), "checkpoint_sha256": file_sha256(out / "last.pt"),
-                 "config": self.cfg.to_dict()}
+        final = {**row, "parameters": self.trained_parameters(), "checkpoint": str(out / "last.pt"),
+                 "checkpoint_sha256": file_sha256(out / "last.pt"), "config": self.cfg.to_dict()}
         (out / "metrics.json").write_text(json.dumps(final, indent=2))
         summaries = [self._last_eval.get(f"{k}_summary", "") for k in ("bbox", "segm")]
         if any(summaries):

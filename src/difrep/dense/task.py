@@ -176,8 +176,9 @@ class SegmentationTask(DenseTask):
     def finish(self, out: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
         row = history[-1] if history else {}
         per_class = dict(zip(self.classes, self._last_eval.get("per_class_iou", [])))
-        final = {**row, "per_class_iou": per_class, "checkpoint": str(out / "last.pt"),
-                 "checkpoint_sha256": file_sha256(out / "last.pt"), "config": self.cfg.to_dict()}
+        final = {**row, "parameters": self.trained_parameters(), "per_class_iou": per_class,
+                 "checkpoint": str(out / "last.pt"), "checkpoint_sha256": file_sha256(out / "last.pt"),
+                 "config": self.cfg.to_dict()}
         (out / "metrics.json").write_text(json.dumps(final, indent=2))
         if self.cfg.run.overlays:
             self.draw_overlays(out / "overlays.png", self.cfg.run.overlays)

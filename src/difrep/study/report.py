@@ -34,7 +34,7 @@ def write_report(out: Path, spec: StudySpec, description: str, stages: dict[str,
             lines += ["**Not finished**: the runs done so far (`difrep study` with the same file continues).", ""]
         lines += stage.report(results[name], name)
         mine = [f for f in findings if f.stage == name]
-        if mine:
+        if mine and len(mine) < len(findings):  # the whole table above already says it otherwise
             lines += ["What this tests of the paper's findings:", "", *_findings_table(mine)]
     missing = [name for name in stages if name not in results]
     if missing:

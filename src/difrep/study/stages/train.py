@@ -10,6 +10,7 @@ the stage trains one run per (t, b), one seed, and chooses the best by ``metric`
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -176,6 +177,8 @@ class TrainStage(Stage):
                         config = merge_options(config, {"features": {"cache_train": str(train_cache.folder),
                                                                      "cache_test": str(test_cache.folder)}})
                     path = folder / f"{rid}.yaml"
+                    if "base" in config:  # relative to the run's file, so that a clone elsewhere reads it
+                        config = {**config, "base": os.path.relpath(config["base"], folder.resolve())}
                     path.write_text(yaml.safe_dump(config, sort_keys=False))
                     return _timed(load, fit, metrics, path, [*extra, f"run.seed={seed}", f"run.out={out}"])
 
@@ -232,9 +235,11 @@ class TrainStage(Stage):
             # a run's wall time, fastest seed: the others may have shared the CPU or been paused
             rows.append([r["name"], r["setting"], shown, ", ".join(f"{x:.1f}" for x in v), f"{r['parameters']:,}",
                          f"{min(x['seconds'] for x in r['runs']):.0f}" if r["runs"] else "-"])
-        return [f"![results]({folder}/results.png)", "",
-                *table(["run", "setting", f"test {metric}, mean ± std", "per seed", "trained parameters",
-                        "seconds a run (fastest seed)"], rows),
+        header = ["run", "setting", f"test {metric}, mean ± std", "per seed", "trained parameters",
+                  "seconds a run (fastest seed)"]
+        if not any(r["setting"] for r in result["runs"]):
+            header, rows = [header[0], *header[2:]], [[row[0], *row[2:]] for row in rows]
+        return [f"![results]({folder}/results.png)", "", *table(header, rows),
                 "```bash", *[r["command"] for r in result["runs"]], "```", ""]
 
     def score(self, result: Result, selector: str, metric: str | None) -> Score | None:
