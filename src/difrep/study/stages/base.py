@@ -25,11 +25,11 @@ class Score:
 
     @property
     def mean(self) -> float:
-        return statistics.fmean(self.values)
+        return mean_std(self.values)[0]
 
     @property
     def std(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+        return mean_std(self.values)[1]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -34,9 +34,10 @@ class CkaStage(Stage):
         def get(cache: FeatureCache, t: int, b: int) -> torch.Tensor:
             return cache.features(FeatureKey(t, b, pool))[rows].double()
 
-        across_b = cka_matrix([get(trained, t0, b) for b in blocks], [get(trained, t0, b) for b in blocks])
-        across_t = cka_matrix([get(trained, t, b0) for t in steps], [get(trained, t, b0) for t in steps])
-        vs_random = cka_matrix([get(trained, t0, b) for b in blocks], [get(rand, t0, b) for b in blocks])
+        at_t0 = [get(trained, t0, b) for b in blocks]
+        at_b0 = [get(trained, t, b0) for t in steps]
+        across_b, across_t = cka_matrix(at_t0, at_t0), cka_matrix(at_b0, at_b0)
+        vs_random = cka_matrix(at_t0, [get(rand, t0, b) for b in blocks])
         labels_b, labels_t = [f"b{b}" for b in blocks], [f"t{t}" for t in steps]
         plot_cka(across_b.numpy(), labels_b, labels_b, folder / "cka_blocks.png", f"linear CKA across blocks, t={t0}")
         plot_cka(across_t.numpy(), labels_t, labels_t, folder / "cka_timesteps.png", f"linear CKA across t, b={b0}")

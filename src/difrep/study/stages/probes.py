@@ -65,8 +65,9 @@ class PixelsStage(Stage):
             else:
                 fitted = fit_sgd_linear_probe(x[fit], y[fit], classes, seed=0, **{k: probe[k] for k in SGD_OPTIONS})
             acc = knn_accuracy(x, y, xt, yt, classes, ks=ks)
+            test = fitted.accuracy(xt, yt)
             return {"dim": x.shape[1], "solver": probe["solver"], "probe_val_top1": fitted.accuracy(x[val], y[val])[1],
-                    "probe_test_top1": fitted.accuracy(xt, yt)[1], "probe_test_top5": fitted.accuracy(xt, yt)[5],
+                    "probe_test_top1": test[1], "probe_test_top5": test[5],
                     **{f"k{k}_top{n}": acc[k][n] for k in ks for n in (1, 5)}}
 
         return memo(folder / "pixels.json", compute)
