@@ -26,6 +26,15 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
+def sum_over_ranks(value: int, world: int, device: torch.device | str = "cpu") -> int:
+    """The sum of one integer over every process (the value itself in a single process)."""
+    if world == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
 def close_distributed() -> None:
     """Tear the process group down before the interpreter exits: left to exit, gloo's threads may be destroyed
     while still joinable, which aborts the process (SIGABRT) after its work is done."""

@@ -60,6 +60,15 @@ def test_sweep_knn_and_cka_across_backbones(data, folders, tmp_path, capsys):
         expected_t = {"0"} if timesteps is None else {"10", "200"}
         assert {r["t"] for r in rows} == expected_t
         assert all(0 <= float(r["probe_test_top1"]) <= 100 for r in rows)
+        auto = tmp_path / f"{family}-auto"
+        assert main(["sweep", *model, *base, *steps, "--blocks", blocks, "--search", "auto", "--first-per-class", "1",
+                     "--out", str(auto)]) == 0
+        choice = json.loads((auto / "choice.json").read_text())
+        scored = list(csv.DictReader((auto / "sweep.csv").read_text().splitlines()))
+        assert choice["settings_scored"] == len(scored) and {r["t"] for r in scored} <= expected_t
+        final = [r for r in scored if int(r["fit_images"]) == choice["fit_images"]]
+        assert max(float(r["held_out_top1"]) for r in final) == pytest.approx(choice["held_out_top1"], abs=1e-3)
+        assert (auto / "pictures.png").stat().st_size > 1000
     capsys.readouterr()
     sd_cache = FeatureCache(tmp_path / "sd" / "cache-train")
     assert {k.b for k in sd_cache.keys} == {13, 19}, "block names are resolved to numbers in the cache"

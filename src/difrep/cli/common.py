@@ -56,14 +56,17 @@ def build_model(args: argparse.Namespace, extra: list[str]) -> torch.nn.Module:
     return create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **flags)
 
 
-def build_dataset(args: argparse.Namespace, split: str, image_size: int) -> tuple[Dataset, dict[str, Any]]:
+def build_dataset(args: argparse.Namespace, split: str, image_size: int,
+                  per_class: int | None = None) -> tuple[Dataset, dict[str, Any]]:
+    """The split, cut to ``per_class`` images a class (default ``--per-class``)."""
     options = {"class_list": args.class_list} if args.class_list else {}
     transform = build_transform(image_size)
-    data, _ = load_split(args.data, args.root, split, transform, args.per_class, args.seed,
+    per_class = args.per_class if per_class is None else per_class
+    data, _ = load_split(args.data, args.root, split, transform, per_class, args.seed,
                          check=not args.no_check, on_error=args.on_error, **options)
     description = {
         "name": args.data, "root": str(Path(args.root).resolve()), "split": split, "options": options,
-        "per_class": args.per_class, "transform": repr(transform),
+        "per_class": per_class, "transform": repr(transform),
     }
     return data, description
 

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from ..distributed import barrier, init_distributed
+from ..distributed import barrier, init_distributed, sum_over_ranks
 from ..errors import UserError
 from ..features.cache import CacheWriter
 from ..utils.precision import PRECISIONS
@@ -57,9 +57,10 @@ def add_extract_args(p: argparse.ArgumentParser) -> None:
 
 
 def extract_split(args: argparse.Namespace, model: torch.nn.Module, model_info: dict, split: str, out: str,
-                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu") -> None:
-    """``model_info`` is :func:`model_description` of ``model``, computed once by the caller (it hashes the weights)."""
-    data, data_description = build_dataset(args, split, model.image_size)
+                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu", per_class: int | None = None) -> int:
+    """``model_info`` is :func:`model_description` of ``model``, computed once by the caller (it hashes the weights).
+    Returns how many images all processes extracted together (0 when the cache was already complete)."""
+    data, data_description = build_dataset(args, split, model.image_size, per_class)
     writer = CacheWriter(
         out, model, args.timesteps, args.blocks, args.pool,
         description={"model": model_info, "data": data_description},
@@ -71,8 +72,10 @@ def extract_split(args: argparse.Namespace, model: torch.nn.Module, model_info: 
     if rank == 0:
         writer.prepare(len(data))
     barrier(world)
-    writer.run(data, args.batch_size, args.workers, rank, world, device)
+    shards = writer.run(data, args.batch_size, args.workers, rank, world, device)
     barrier(world)
+    extracted = sum(len(range(s * args.shard_size, min(len(data), (s + 1) * args.shard_size))) for s in shards)
+    return sum_over_ranks(extracted, world, device)
 
 
 def chunk_size(value: str) -> int | str:

@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
+from torch.utils.data import Dataset, Subset
 
 from ..errors import UserError
 
@@ -43,3 +44,38 @@ def held_out_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tupl
     fit = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
     fit[held_out] = False
     return fit, held_out
+
+
+def targets_of(dataset: Dataset) -> list[int]:
+    """The class labels of a data set (or a ``Subset`` of one) without reading its images."""
+    if isinstance(dataset, Subset):
+        base = targets_of(dataset.dataset)
+        return [base[i] for i in dataset.indices]
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise UserError(f"{type(dataset).__name__} has no class labels (targets)")
+    return [int(t) for t in targets]
+
+
+def balanced_order(rows: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """``rows`` reordered so that every prefix is as class-balanced as the classes allow: the first of each
+    class (in a seeded random order within the class), then the second of each, and so on."""
+    gen = torch.Generator().manual_seed(seed)
+    rank = torch.empty(len(rows), dtype=torch.long)
+    labels = labels[rows].cpu()
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        rank[members[torch.randperm(len(members), generator=gen)]] = torch.arange(len(members))
+    order = sorted(range(len(rows)), key=lambda i: (int(rank[i]), int(labels[i])))
+    return rows[torch.tensor(order, dtype=torch.long)]
+
+
+def first_of_classes(dataset: Dataset, classes: int) -> list[int]:
+    """The position of the first image of each of the first ``classes`` classes met, ascending: a few images
+    that differ in kind, e.g. to draw feature pictures of."""
+    picked: dict[int, int] = {}
+    for index, label in enumerate(targets_of(dataset)):
+        picked.setdefault(label, index)
+        if len(picked) == classes:
+            break
+    return sorted(picked.values())

@@ -51,6 +51,42 @@ def plot_sweep(rows: list[SweepRow], best: SweepRow, path: str | Path, metric: s
     fig.savefig(path, dpi=120)
 
 
+def plot_search(scored: Sequence, best, path: str | Path, title: str = "") -> None:
+    """The held-out surface an automatic search saw: one t x b heatmap per pool, each setting at the largest
+    subset it was scored on (the number under its accuracy: fitting images), blank where never scored."""
+    last: dict[tuple[int, int, int], object] = {}
+    for s in scored:
+        key = (s.t, s.b, s.pool)
+        if key not in last or s.fit_images >= last[key].fit_images:
+            last[key] = s
+    pools = sorted({k[2] for k in last})
+    ts, bs = sorted({k[0] for k in last}), sorted({k[1] for k in last})
+    fig = Figure(figsize=(1.0 + 1.0 * len(ts) * len(pools), 0.55 * len(bs) + 1.8))
+    axes = fig.subplots(1, len(pools), squeeze=False)
+    for ax, pool in zip(axes[0], pools):
+        grid = np.full((len(bs), len(ts)), np.nan)
+        for (t, b, p), s in last.items():
+            if p == pool:
+                grid[bs.index(b), ts.index(t)] = s.held_out_top1
+        image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+        for (t, b, p), s in last.items():
+            if p == pool:
+                ax.text(ts.index(t), bs.index(b), f"{s.held_out_top1:.1f}\n{s.fit_images}", ha="center",
+                        va="center", fontsize=5.5, color="white" if s.held_out_top1 < np.nanmean(grid) else "black")
+        if best.pool == pool:
+            ax.add_patch(Rectangle((ts.index(best.t) - 0.5, bs.index(best.b) - 0.5), 1, 1, fill=False,
+                                   edgecolor="red", linewidth=2))
+        ax.set_xticks(range(len(ts)), [str(t) for t in ts])
+        ax.set_yticks(range(len(bs)), [str(b) for b in bs])
+        ax.set_xlabel("noise step t")
+        ax.set_ylabel("block b")
+        ax.set_title(f"pool {pool}x{pool}")
+        fig.colorbar(image, ax=ax)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def plot_cka(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: str | Path, title: str = "") -> None:
     fig = Figure(figsize=(1.2 + 0.6 * len(cols), 1.0 + 0.5 * len(rows)))
     ax = fig.subplots()

@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from ..data.subsets import held_out_split
 from ..errors import UserError
 from ..features.cache import FeatureCache, FeatureKey
 from .knn import knn_accuracy
-from .linear import fit_logistic_probe, fit_sgd_linear_probe
+from .linear import LinearProbe, LogisticProbe, fit_logistic_probe, fit_sgd_linear_probe
 from .metrics import count_classes
 
 
@@ -36,27 +34,7 @@ class SweepRow:
     knn20_val_top1: float
     knn20_test_top1: float
     l2: float | None
-
-
-def run_sweep(
-    train: FeatureCache,
-    test: FeatureCache,
-    val_fraction: float = 0.1,
-    l2_grid: tuple[float, ...] = (1e-4, 1e-2),
-    max_iter: int = 100,
-    seed: int = 0,
-    progress: bool = True,
-    solver: str = "sgd",
-) -> list[SweepRow]:
-    """Probe and kNN for every key the two caches share. ``solver``: "sgd" (the paper's linear probe,
-    :func:`~difrep.evaluation.linear.fit_sgd_linear_probe`) or "lbfgs" (logistic regression with the L2
-    strength chosen from ``l2_grid``; ``l2`` is None in the rows of the SGD probe)."""
-    keys = [k for k in train.keys if k in set(test.keys)]
-    if not keys:
-        raise UserError(f"the caches {train.folder} and {test.folder} share no (t, b, pool)")
-    fit, val_idx = held_out_split(train.labels, val_fraction, seed)
-    return [sweep_row(train, test, key, fit, val_idx, solver=solver, l2_grid=l2_grid, max_iter=max_iter, seed=seed)
-            for key in tqdm(keys, desc="sweep", disable=not progress)]
+    fit_images: int | None = None  # the images the probe learnt from
 
 
 def sweep_row(
@@ -74,22 +52,47 @@ def sweep_row(
     """One cell of the sweep: the probe fitted on the ``fit`` rows of the training features, scored on the
     held-out rows ``val_idx`` and on the test split, and kNN (k = 20) likewise. ``probe_options`` go to
     :func:`~difrep.evaluation.linear.fit_sgd_linear_probe` (epochs, lr, batch_size, ...)."""
-    if solver not in ("sgd", "lbfgs"):
-        raise UserError(f"solver={solver!r}: use 'sgd' (the paper's linear probe) or 'lbfgs'")
-    train_y, test_y = train.labels, test.labels
-    num_classes = count_classes(train_y, test_y)
-    x, xt = train.features(key).to_tensor(), test.features(key).to_tensor()
+    return score_setting(key, train.features(key).to_tensor(), train.labels, test.features(key).to_tensor(),
+                         test.labels, fit, val_idx, solver, l2_grid, max_iter, seed, probe_options)
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, solver: str = "sgd",
+              l2_grid: tuple[float, ...] = (1e-4, 1e-2), max_iter: int = 100, seed: int = 0,
+              probe_options: dict[str, Any] | None = None) -> tuple[LinearProbe | LogisticProbe, float | None]:
+    """The sweep's probe on features [N, D]: "sgd" (the paper's linear probe) or "lbfgs" (logistic regression,
+    L2 from ``l2_grid``); returns the probe and its L2 strength (None for SGD)."""
     if solver == "lbfgs":
-        logistic = fit_logistic_probe(x[fit], train_y[fit], num_classes, l2_grid, max_iter=max_iter, seed=seed)
-        probe, l2 = logistic, logistic.l2
-    else:
-        probe = fit_sgd_linear_probe(x[fit], train_y[fit], num_classes, seed=seed, **(probe_options or {}))
-        l2 = None
-    val_acc, test_acc = probe.accuracy(x[val_idx], train_y[val_idx]), probe.accuracy(xt, test_y)
-    knn_val = knn_accuracy(x[fit], train_y[fit], x[val_idx], train_y[val_idx], num_classes, ks=(20,))
-    knn_test = knn_accuracy(x, train_y, xt, test_y, num_classes, ks=(20,))
+        logistic = fit_logistic_probe(x, y, num_classes, l2_grid, max_iter=max_iter, seed=seed)
+        return logistic, logistic.l2
+    if solver == "sgd":
+        return fit_sgd_linear_probe(x, y, num_classes, seed=seed, **(probe_options or {})), None
+    raise UserError(f"solver={solver!r}: use 'sgd' (the paper's linear probe) or 'lbfgs'")
+
+
+def score_setting(
+    key: FeatureKey,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    fit: torch.Tensor,
+    val_idx: torch.Tensor,
+    solver: str = "sgd",
+    l2_grid: tuple[float, ...] = (1e-4, 1e-2),
+    max_iter: int = 100,
+    seed: int = 0,
+    probe_options: dict[str, Any] | None = None,
+) -> SweepRow:
+    """:func:`sweep_row` on feature tensors: ``x`` [N, D] of the training split (``fit`` selects the rows the
+    probe learns from, ``val_idx`` the held-out ones), ``test_x`` of the test split."""
+    num_classes = count_classes(y, test_y)
+    probe, l2 = fit_probe(x[fit], y[fit], num_classes, solver, l2_grid, max_iter, seed, probe_options)
+    val_acc, test_acc = probe.accuracy(x[val_idx], y[val_idx]), probe.accuracy(test_x, test_y)
+    knn_val = knn_accuracy(x[fit], y[fit], x[val_idx], y[val_idx], num_classes, ks=(20,))
+    knn_test = knn_accuracy(x, y, test_x, test_y, num_classes, ks=(20,))
+    fit_images = int(fit.sum()) if fit.dtype == torch.bool else len(fit)
     return SweepRow(key.t, key.b, key.pool, x.shape[1], val_acc[1], test_acc[1], test_acc[5],
-                    knn_val[20][1], knn_test[20][1], l2)
+                    knn_val[20][1], knn_test[20][1], l2, fit_images)
 
 
 def best_row(rows: list[SweepRow]) -> SweepRow:
