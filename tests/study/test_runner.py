@@ -98,6 +98,41 @@ def test_a_tiny_study_reports_its_stages_own_numbers_and_reruns_only_what_change
     assert json.loads((out / "knn" / "result.json").read_text())["result"] == knn
 
 
+@needs_data
+def test_the_sweep_stage_can_search_automatically_and_reads_its_search_back(tmp_path, monkeypatch):
+    path = _tiny(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"] = {"sweep": {**spec["stages"]["sweep"], "timesteps": [10, 25, 100], "blocks": [2, 4, 6, 8, 10, 13],
+                                "search": "auto", "search_options": {"first_per_class": 2, "growth": 3.0}}}
+    spec["findings"] = [{"kind": "middle_block", "claim": "Middle blocks are best", "sweep": "sweep"}]
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert main(["study", str(path)]) == 0
+    out = tmp_path / "out"
+    sweep = json.loads((out / "sweep" / "result.json").read_text())["result"]
+    choice, best = sweep["choice"], sweep["best"]
+    assert (choice["timestep"], choice["block"], choice["pool"]) == (best["t"], best["b"], best["pool"])
+    assert choice["search"] == "auto" and choice["grid_settings"] == 18 and choice["fit_images"] == 60
+    lines = (out / "sweep" / "sweep.csv").read_text().splitlines()
+    assert len(lines) - 1 == choice["settings_scored"] == len(sweep["scored"])
+    rungs = sorted({x["fit_images"] for x in sweep["scored"]})
+    assert rungs[0] == 20 and rungs[-1] == 60, "two images a class first, every fitting image last"
+    final = [x for x in sweep["scored"] if x["fit_images"] == 60]
+    assert len(final) < 18 and max(final, key=lambda x: x["held_out_top1"])["held_out_top1"] == pytest.approx(
+        best["probe_val_top1"], abs=1e-3), "the choice is the held-out best of the last rung"
+    assert best["t"] in sweep["chosen"]["T"] and best["b"] in sweep["chosen"]["B"]
+    report = (out / "report.md").read_text()
+    assert f"{choice['settings_scored']} scores of 18 settings" in report and "of it." in report
+    assert "sweep/pictures.png" in report and (out / "sweep" / "pictures.png").stat().st_size > 1000
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished search was run again")
+
+    monkeypatch.setattr("difrep.study.stages.sweep.search_settings", refuse)
+    (out / "sweep" / "result.json").unlink()
+    assert main(["study", str(path)]) == 0, "the saved search is read back"
+    assert json.loads((out / "sweep" / "result.json").read_text())["result"]["best"] == best
+
+
 def _stage(kind: str, name: str, settings: dict | None = None) -> Stage:
     return KINDS[kind](name, {"kind": kind, **(settings or {})}, "test.yaml")
 

@@ -133,12 +133,16 @@ def test_the_demo_alias_and_its_study_file_give_one_report(tmp_path, monkeypatch
     heads = _result(out, "heads")
     assert [len(h["values"]) for h in heads["runs"]] == [1, 2, 2, 2], "L-BFGS is deterministic: one value"
     sweep = _result(out, "sweep")
-    assert len(sweep["rows"]) == 2 * 5 and _result(out, "random")["blocks"] == [4, 9, 10, 12, 15]
+    assert sweep["search"] == "auto" and sweep["choice"]["grid_settings"] == 2 * 5
+    random = _result(out, "random")
+    assert random["blocks"] == [4, 9, 10, 12, 15] and len(random["rows"]) == len(random["timesteps"]) * 5, "the control sweeps its grid whole"
     report = (out / "report.md").read_text()
-    for needed in ("## Findings", "sweep/sweep_val.png", "samples/samples_ddim50.png", "random-init copy", "raw pixels",
-                   "| The Attention head beats a converged linear classifier |", "DifFeed"):
+    for needed in ("## Findings", "sweep/surface_val.png", "sweep/pictures.png", "samples/samples_ddim50.png",
+                   "random-init copy", "raw pixels", "| The Attention head beats a converged linear classifier |",
+                   "DifFeed", "the search saved"):
         assert needed in report, needed
-    for png in ("sweep/sweep_val.png", "sweep/sweep_test.png", "samples/samples_ddim50.png", "heads/results.png"):
+    for png in ("sweep/surface_val.png", "sweep/pictures.png", "random/sweep_val.png", "samples/samples_ddim50.png",
+                "heads/results.png"):
         assert (out / png).stat().st_size > 1000
 
     def refuse(*a, **k):
