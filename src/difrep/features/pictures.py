@@ -99,7 +99,8 @@ def write_feature_pictures(model: Backbone, images: torch.Tensor, indices: Seque
                            blocks: Sequence[int | str], path: str | Path, seed: int = 0, title: str = "") -> Path:
     """One PNG: a row per (image, t), images in the order given and t ascending within each; the first
     column the input x_t, then one column per block b (titled with b and its feature-map size). Grey inputs
-    are drawn in grey. Every image enters each (t, b)'s PCA fit, so colours compare across rows."""
+    are drawn in grey. Every image enters each (t, b)'s PCA fit, so colours compare between images at one
+    (t, b), not between columns or timesteps."""
     inputs, pictures, sizes = feature_pictures(model, images, indices, timesteps, blocks, seed)
     steps, bs = sorted(inputs), list(sizes)
     rows = [(i, t) for i in range(len(images)) for t in steps]
