@@ -118,3 +118,26 @@ def test_a_text_conditioned_folder_is_pointed_to_sd(tmp_path):
         create_model(f"diffusers:{tmp_path}")
     with pytest.raises(FileNotFoundError, match="no such folder"):
         create_model(f"diffusers:{tmp_path / 'missing'}")
+
+
+def test_a_folder_of_another_class_is_refused_naming_it_not_loaded_as_a_random_unet(tmp_path):
+    from diffusers import DiTTransformer2DModel
+
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=2,
+                                sample_size=8, patch_size=2, num_embeds_ada_norm=10)
+    dit.save_pretrained(tmp_path / "dit")
+    with pytest.raises(UserError, match=r"config.json describes a DiTTransformer2DModel; diffusers:FOLDER reads "
+                                        r"UNet2DModel"):
+        create_model(f"diffusers:{tmp_path / 'dit'}")
+    pipeline = tmp_path / "pipeline"
+    dit.save_pretrained(pipeline / "transformer")
+    DDPMScheduler().save_pretrained(pipeline / "scheduler")
+    with pytest.raises(UserError, match=r"transformer/config.json describes a DiTTransformer2DModel"):
+        create_model(f"diffusers:{pipeline}")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"broken/config.json: not a diffusers config"):
+        create_model(f"diffusers:{tmp_path / 'broken'}")
+    (tmp_path / "broken" / "config.json").write_text('{"sample_size": 8}')
+    with pytest.raises(UserError, match="names no _class_name"):
+        create_model(f"diffusers:{tmp_path / 'broken'}")

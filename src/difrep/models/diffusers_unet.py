@@ -14,6 +14,7 @@ The traversal runs the model's own submodules in the model's own order (tested a
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -280,19 +281,38 @@ def _load(cls: Any, folder: Path, what: str) -> nn.Module:
         raise UserError(f"{folder}: cannot load the {what} ({str(err).splitlines()[0]})") from err
 
 
+READ_CLASSES = ("UNet2DModel",)
+
+
+def model_class_name(folder: Path) -> str:
+    """The ``_class_name`` that ``save_pretrained`` wrote to ``folder/config.json``."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise MissingFileError(f"{folder} has no config.json: pass a folder written by save_pretrained")
+    try:
+        name = json.loads(config.read_text()).get("_class_name")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise UserError(f"{config}: not a diffusers config (a JSON object with _class_name): {err}") from err
+    if not isinstance(name, str):
+        raise UserError(f"{config} names no _class_name: pass a folder written by a diffusers model's save_pretrained")
+    return name
+
+
 def load_diffusers_unet(path: str | Path, image_size: int | None = None) -> DiffusersUNet:
     """A ``UNet2DModel`` from a local folder saved with ``save_pretrained``: either the U-Net's own folder
-    or a pipeline folder with ``unet/`` (and ``scheduler/``, whose betas give the noise schedule)."""
+    or a pipeline folder with ``unet/`` (and ``scheduler/``, whose betas give the noise schedule). A folder
+    of another class is refused, naming it: diffusers would build a random ``UNet2DModel`` from it."""
     diffusers = optional_import("diffusers", "diffusers backbones")
     root = Path(path)
     if not root.is_dir():
         raise MissingFileError(f"diffusers model folder {root}: no such folder")
-    unet_dir = root / "unet" if (root / "unet").is_dir() else root
-    config = unet_dir / "config.json"
-    if not config.is_file():
-        raise MissingFileError(f"{unet_dir} has no config.json: pass a folder written by save_pretrained")
-    if '"UNet2DConditionModel"' in config.read_text():
-        raise UserError(f"{unet_dir} holds a UNet2DConditionModel (text-conditioned): use sd:{root}")
-    unet = _load(diffusers.UNet2DModel, unet_dir, "UNet2DModel")
-    scheduler = next((d for d in (root / "scheduler", unet_dir.parent / "scheduler") if d.is_dir()), None)
+    model_dir = next((root / d for d in ("unet", "transformer") if (root / d / "config.json").is_file()), root)
+    name = model_class_name(model_dir)
+    if name == "UNet2DConditionModel":
+        raise UserError(f"{model_dir} holds a UNet2DConditionModel (text-conditioned): use sd:{root}")
+    if name not in READ_CLASSES:
+        raise UserError(f"{model_dir / 'config.json'} describes a {name}; diffusers:FOLDER reads "
+                        f"{', '.join(READ_CLASSES)} (and sd:FOLDER Stable Diffusion's UNet2DConditionModel)")
+    unet = _load(diffusers.UNet2DModel, model_dir, "UNet2DModel")
+    scheduler = next((d for d in (root / "scheduler", model_dir.parent / "scheduler") if d.is_dir()), None)
     return DiffusersUNet(unet, _diffusion_from_scheduler(scheduler), image_size, source=str(root.resolve()))
