@@ -11,15 +11,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..data.subsets import first_of_classes
 from ..distributed import init_distributed
 from ..errors import UserError
 from ..evaluation.plots import plot_search, plot_sweep
-from ..evaluation.search import SearchResult, SearchSpace, best_values, search_settings, write_scored_csv
+from ..evaluation.search import SearchResult, SearchSpace, best_values, search_settings
 from ..evaluation.sources import CachedSource, ExtractingSource
 from ..evaluation.sweep import write_csv
 from ..features.cache import FeatureCache
-from ..features.pictures import write_feature_pictures
+from ..features.pictures import write_class_pictures
 from .common import add_data_args, add_model_args, build_dataset, build_model, model_description
 from .extract import add_extract_args, extract_split, resolve_timesteps
 
@@ -66,6 +65,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                                                     (args.test_split, "cache-test", test_per_class)))
         if rank != 0:
             return 0
+        test_data, _ = build_dataset(args, args.test_split, model.image_size, test_per_class)
         train, test = CachedSource(FeatureCache(out / "cache-train")), CachedSource(FeatureCache(out / "cache-test"))
         result = search_settings(train, test, space, mode="grid", **options)
         result.choice["forward_passes"] = passes * len(args.timesteps) * args.noise_draws
@@ -85,22 +85,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     result.choice.update({"model": args.model, "checkpoint": args.checkpoint, "data": args.data,
                           "final": asdict(result.final)})
     write_outputs(result, out, f"{args.model} on {args.data}")
-    test_data, _ = build_dataset(args, args.test_split, model.image_size, test_per_class)
-    draw_best(model, test_data, result, out / "pictures.png", f"{args.model} on {args.data}", device)
+    draw_best(model, test_data, result, out / "pictures.png", f"{args.model} on {args.data}")
     _print(result)
     return 0
 
 
-def draw_best(model: torch.nn.Module, data: Dataset, result: SearchResult, path: Path, title: str,
-              device: torch.device, images: int = 3) -> None:
-    """Feature pictures of the three best t at the chosen b by the three best b at the chosen t, on the
-    first test images of ``images`` different classes."""
+def draw_best(model: torch.nn.Module, data: Dataset, result: SearchResult, path: Path, title: str) -> None:
+    """Feature pictures of the three best t at the chosen b by the three best b at the chosen t."""
     ranking, c = result.ranking(), result.choice
     timesteps = best_values(ranking, "t", 3, b=c["block"], pool=c["pool"])
     blocks = best_values(ranking, "b", 3, t=c["timestep"], pool=c["pool"])
-    indices = first_of_classes(data, images)
-    batch = torch.stack([data[i][0] for i in indices]).to(device)
-    write_feature_pictures(model, batch, indices, timesteps, blocks, path, title=title)
+    write_class_pictures(model, data, timesteps, blocks, path, title=title)
 
 
 def write_outputs(result: SearchResult, out: Path, title: str) -> None:
@@ -115,7 +110,7 @@ def write_outputs(result: SearchResult, out: Path, title: str) -> None:
         plot_sweep(result.grid_rows, result.final, out / "heatmap_knn_test.png", "knn20_test_top1",
                    f"{title}: test kNN (k=20) top-1 (%)")
     else:
-        write_scored_csv(result.scored, out / "sweep.csv")
+        write_csv(result.scored, out / "sweep.csv")
         plot_search(result.scored, result.final, out / "surface_held_out.png",
                     f"{title}: held-out top-1 (%) the search saw, at the largest subset each setting reached")
 

@@ -22,11 +22,9 @@ what ``difrep sweep`` writes to ``choice.json``.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -296,12 +294,3 @@ def estimated_grid_seconds(result: SearchResult, train_images: int, test_images:
     the final cell was."""
     passes = (train_images + test_images) * len(space.timesteps)
     return passes * seconds_per_pass + len(space.keys) * result.timing["final_cell_seconds"]
-
-
-def write_scored_csv(scored: list[Scored], path: str | Path) -> None:
-    """Every setting scored, at which subset size (one line per setting and rung)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(scored[0])))
-        writer.writeheader()
-        for s in scored:
-            writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(s).items()})

@@ -9,6 +9,7 @@ reported beside it.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,8 @@ def best_row(rows: list[SweepRow]) -> SweepRow:
     return max(rows, key=lambda r: (round(r.probe_val_top1, 6), round(r.knn20_val_top1, 6), -r.dim))
 
 
-def write_csv(rows: list[SweepRow], path: str | Path) -> None:
+def write_csv(rows: Sequence[Any], path: str | Path) -> None:
+    """Dataclass rows (sweep cells, search scores) as CSV, one line each, floats to 4 decimals."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         writer.writeheader()

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from torch.utils.data import Dataset
 
+from ..data.subsets import first_of_classes
 from ..models import Backbone
 from .extractor import FeatureExtractor
 from .noise import noise_for_batch
@@ -126,3 +128,13 @@ def write_feature_pictures(model: Backbone, images: torch.Tensor, indices: Seque
     path = Path(path)
     fig.savefig(path, dpi=100)
     return path
+
+
+def write_class_pictures(model: Backbone, data: Dataset, timesteps: Sequence[int], blocks: Sequence[int | str],
+                         path: str | Path, title: str = "", classes: int = 3) -> Path:
+    """:func:`write_feature_pictures` of the first image of each of the first ``classes`` classes of ``data``
+    (a few images that differ in kind), on the model's device: what a sweep draws for its best settings."""
+    indices = first_of_classes(data, classes)
+    device = next(model.parameters()).device
+    images = torch.stack([data[i][0] for i in indices]).to(device)
+    return write_feature_pictures(model, images, indices, timesteps, blocks, path, title=title)

@@ -7,17 +7,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
-from ...data.subsets import first_of_classes
 from ...errors import UserError
 from ...evaluation.plots import plot_search, plot_sweep
-from ...evaluation.search import Scored, SearchSpace, best_values, search_settings, write_scored_csv
+from ...evaluation.search import Scored, SearchSpace, best_values, search_settings
 from ...evaluation.sources import ExtractingSource
 from ...evaluation.sweep import SweepRow, best_row, sweep_row, write_csv
 from ...features.cache import FeatureCache, FeatureKey
-from ...features.pictures import write_feature_pictures
+from ...features.pictures import write_class_pictures
 from ..context import StudyContext
 from .base import Result, Score, Stage, memo
 
@@ -132,7 +130,7 @@ class SweepStage(Stage):
         found = memo(folder / "search.json", search)
         scored = [Scored(**x) for x in found["scored"]]
         best = SweepRow(**found["final"])
-        write_scored_csv(scored, folder / "sweep.csv")
+        write_csv(scored, folder / "sweep.csv")
         plot_search(scored, best, folder / "surface_val.png",
                     f"{title}, held-out training images, at the largest subset each setting reached")
         ranking = [FeatureKey.parse(k) for k in found["ranking"]]
@@ -193,14 +191,10 @@ class SweepStage(Stage):
         return None if row is None else Score(f"{what}, pool {pool}", (float(row[field]),))
 
 
-def draw_pictures(ctx: StudyContext, model: nn.Module, chosen: dict[str, Any], path: Path, title: str,
-                  images: int = 3) -> str:
-    """Feature pictures of DifFormer's T x B on the first test images of ``images`` different classes; returns
-    the PNG's name."""
+def draw_pictures(ctx: StudyContext, model: nn.Module, chosen: dict[str, Any], path: Path, title: str) -> str:
+    """Feature pictures of DifFormer's T x B on a few test images; returns the PNG's name."""
     data = ctx.split("test", ctx.per_class("test"))
-    indices = first_of_classes(data, images)
-    batch = torch.stack([data[i][0] for i in indices]).to(ctx.device)
-    return write_feature_pictures(model, batch, indices, chosen["T"], chosen["B"], path, title=title).name
+    return write_class_pictures(model, data, chosen["T"], chosen["B"], path, title=title).name
 
 
 def plot_pools(rows: list[SweepRow], path: Path, title: str) -> None:
