@@ -68,3 +68,34 @@ def save_sd_folder(root, sample_size: int = 16):
     PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                   num_train_timesteps=1000).save_pretrained(root / "scheduler")
     return unet, vae, text, tok
+
+
+def tiny_dit(in_channels: int = 4, sample_size: int = 8, depth: int = 3, num_classes: int = 10, seed: int = 0):
+    """A DiTTransformer2DModel shaped like DiT-XL/2 (patch 2, learned sigma, adaLN-zero), 2 heads of 8 channels."""
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=in_channels,
+                                out_channels=2 * in_channels, num_layers=depth, sample_size=sample_size, patch_size=2,
+                                num_embeds_ada_norm=num_classes).eval()
+    with torch.no_grad():  # adaLN-zero starts every block as the identity: give them random modulations
+        for module in dit.modules():
+            if type(module).__name__ == "AdaLayerNormZero" or module is dit.proj_out_1:
+                linear = module if module is dit.proj_out_1 else module.linear
+                linear.weight.normal_(0, 0.05)
+                linear.bias.normal_(0, 0.05)
+        dit.proj_out_2.weight.normal_(0, 0.05)
+    return dit
+
+
+def save_dit_pipeline(root, sample_size: int = 8, depth: int = 3):
+    """A DiT pipeline folder as DiTPipeline.save_pretrained writes it: model_index.json, transformer/, a 2-level
+    VAE (factor 2, 4 latent channels) in vae/ and a linear-beta DDIM scheduler in scheduler/."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
+
+    dit = tiny_dit(sample_size=sample_size, depth=depth)
+    vae = AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8).eval()
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    DiTPipeline(transformer=dit, vae=vae, scheduler=scheduler).save_pretrained(root)
+    return dit, vae

@@ -9,10 +9,11 @@ import sys
 
 import pytest
 import torch
-from backbone_factories import save_sd_folder, save_unet2d_folder
+from backbone_factories import save_dit_pipeline, save_sd_folder, save_unet2d_folder
 from fakes import make_fashion_mnist
 
 from difrep.cli.main import main
+from difrep.errors import UserError
 from difrep.features.cache import FeatureCache
 from difrep.training import evaluate_checkpoint, load_config, train
 
@@ -29,6 +30,7 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("backbones")
     save_unet2d_folder(root / "ddpm")
     save_sd_folder(root / "sd")
+    save_dit_pipeline(root / "dit")
     return root
 
 
@@ -37,6 +39,7 @@ def _models(folders):
         "timm": (["--model", "timm:resnet50", "--image_size", "32"], "2,4", None),
         "diffusers": (["--model", f"diffusers:{folders / 'ddpm'}"], "19,24", "10,200"),
         "sd": (["--model", f"sd:{folders / 'sd'}"], "paper:15,dift:1", "10,200"),
+        "dit": (["--model", f"diffusers:{folders / 'dit'}"], "2,final", "10,200"),
     }
 
 
@@ -45,9 +48,11 @@ def test_info_prints_each_backbones_block_table(folders, capsys):
         assert main(["info", model[1], *model[2:]]) == 0
         out = capsys.readouterr().out
         rows = [line for line in out.splitlines() if line.strip()[:2].strip().isdigit()]
-        assert len(rows) == {"timm": 4, "diffusers": 37, "sd": 25}[family], out
+        assert len(rows) == {"timm": 4, "diffusers": 37, "sd": 25, "dit": 5}[family], out
         assert ("no noise step" in out) == (family == "timm")
-    assert "dift:1 = 19" in out and "paper:18 = 16" in out
+        if family == "sd":
+            assert "dift:1 = 19" in out and "paper:18 = 16" in out
+    assert "embed = 0" in out and "final = 4" in out and "DiT" in out
 
 
 def test_sweep_knn_and_cka_across_backbones(data, folders, tmp_path, capsys):
@@ -73,6 +78,17 @@ def test_sweep_knn_and_cka_across_backbones(data, folders, tmp_path, capsys):
     sd_cache = FeatureCache(tmp_path / "sd" / "cache-train")
     assert {k.b for k in sd_cache.keys} == {13, 19}, "block names are resolved to numbers in the cache"
     assert sd_cache.manifest["model"]["config"]["type"] == "StableDiffusion"
+    dit_cache = FeatureCache(tmp_path / "dit" / "cache-train")
+    assert {k.b for k in dit_cache.keys} == {2, 4} and dit_cache.manifest["model"]["config"]["class_label"] == 10
+    dit_model = _models(folders)["dit"][0]
+    assert main(["extract", *dit_model, *base[:7], "--timesteps", "50", "--blocks", "embed,3", "--pool", "2",
+                 "--out", str(tmp_path / "dit-extract")]) == 0
+    extracted = FeatureCache(tmp_path / "dit-extract")
+    assert sorted((k.b, k.pool) for k in extracted.keys) == [(0, 2), (3, 2)]
+    assert extracted.features(extracted.keys[0]).shape == (40, 16 * 2 * 2), "width 16, 2 x 2 pooled tokens"
+    assert main(["cka", "--cache", str(tmp_path / "dit" / "cache-train"), "--vs", str(tmp_path / "timm" / "cache-train"),
+                 "--out", str(tmp_path / "dit-cka")]) == 0
+    assert len(list(csv.reader((tmp_path / "dit-cka.csv").read_text().splitlines()))) == 1 + 4
     timm_root = tmp_path / "timm" / "cache-train"
     assert main(["knn", "--train", str(timm_root), "--test", str(tmp_path / "timm" / "cache-test"),
                  "--key", "t0_b4_p1", "--k", "5"]) == 0
@@ -128,3 +144,33 @@ def test_sd_learnable_text_on_two_processes_equals_one_process(data, folders, tm
     step = (one["model.text_embedding"] - null).norm()
     gap = (two["model.text_embedding"] - one["model.text_embedding"]).norm()
     assert step > 0 and gap < 0.02 * step, f"2 processes differ by {gap:.2e}, the text moved {step:.2e}"
+
+
+def _dit_overrides(data, folders, out, **extra):
+    overrides = {
+        "model.name": f"diffusers:{folders / 'dit'}", "model.flags": json.dumps({"learnable_class": True}),
+        "data.name": "fashion-mnist", "data.root": str(data), "data.check": "false", "data.workers": 0,
+        "features.timesteps": "[100,300]", "features.blocks": "[1,2]", "head.name": "difformer", "head.dim": 16,
+        "head.depth": 1, "head.num_heads": 2, "optim.batch_size": 20, "optim.epochs": 2, "optim.eval_every": 2,
+        "optim.name": "adam", "optim.lr": 0.01, "run.out": str(out), "run.progress": "false",
+        "run.tensorboard": "false", **extra,
+    }
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def test_dit_difformer_over_two_blocks_trains_the_learnable_class_and_difeed_is_refused(data, folders, tmp_path):
+    metrics = train(load_config(None, _dit_overrides(data, folders, tmp_path)))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    saved = sorted(k for k in state["weights"] if k.startswith("model."))
+    assert saved == [f"model.transformer.transformer_blocks.{i}.norm1.emb.class_embedder.vector" for i in (0, 1)], \
+        "the frozen DiT is not saved; the class vectors of the blocks that ran are"
+    from difrep import create_model
+
+    null = create_model(f"diffusers:{folders / 'dit'}", learnable_class=True).state_dict()
+    assert not torch.allclose(state["weights"][saved[0]], null[saved[0].removeprefix("model.")]), "it was trained"
+    again = evaluate_checkpoint(tmp_path / "last.pt")
+    assert again["top1"] == pytest.approx(metrics["top1"]) and again["images"] == 40
+    refused = _dit_overrides(data, folders, tmp_path / "difeed", **{"head.name": "difeed", "features.blocks": "[2]",
+                                                                    "features.timesteps": "[100]"})
+    with pytest.raises(UserError, match="DifFeed feeds a diffusion U-Net's decoder features .* DiT has no decoder"):
+        train(load_config(None, refused))

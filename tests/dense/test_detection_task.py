@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from backbone_factories import save_dit_pipeline
 from fakes import TINY_DENSE_ADM, count_loads, make_tiny_scenes, step_and_gap, torchrun_train
 
 from difrep.cli.main import main
@@ -176,6 +177,12 @@ def test_any_backbone_of_the_interface_and_bad_settings(scenes, tmp_path):
     assert task.model.block_info(3).reduction == 16, "ResNet's layer3 is the stride-16 map"
     metrics = train_detection(resnet)
     assert 0 <= metrics["bbox_AP"] <= 100
+    save_dit_pipeline(tmp_path / "dit_model")
+    dit = load_detection_config(None, _overrides(scenes, tmp_path / "dit", **{
+        "model.name": f"diffusers:{tmp_path / 'dit_model'}", "model.flags": "{}", "features.blocks": "[2]", "features.input_size": 64,
+        "optim.iterations": 2, "run.log_every": 2, "run.eval_every": 2, "run.draw": 0}))
+    assert DetectionTask(dit).model.block_info(2).reduction == 4, "a DiT block is resampled to the stride-16 grid"
+    assert 0 <= train_detection(dit)["bbox_AP"] <= 100
     tuned = load_detection_config(None, _overrides(scenes, tmp_path / "tuned", **{
         "run.finetune": "true", "optim.iterations": 2, "run.log_every": 2, "run.eval_every": 2, "run.draw": 0}))
     task = DetectionTask(tuned)

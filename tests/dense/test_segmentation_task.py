@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from backbone_factories import save_dit_pipeline
 from fakes import TINY_DENSE_ADM, count_loads, make_tiny_scenes, step_and_gap, torchrun_train
 
 from difrep.cli.main import main
@@ -118,6 +119,20 @@ def test_difeed_feedback_and_a_timm_pyramid_train(scenes, tmp_path):
     assert task.net.features.levels == [1, 2, 3, 4], "ResNet stages are already strides 4..32"
     metrics = Engine(task).run()
     assert 0 <= metrics["mIoU"] <= 100
+
+
+def test_a_dit_block_serves_the_four_levels(scenes, tmp_path):
+    save_dit_pipeline(tmp_path / "dit_model")
+    dit = load_segmentation_config(None, _overrides(scenes, tmp_path / "dit", **{
+        "model.name": f"diffusers:{tmp_path / 'dit_model'}", "model.flags": "{}", "features.blocks": '["final"]', "features.input_size": 32,
+        "optim.iterations": 2, "run.log_every": 2, "run.eval_every": 2, "run.overlays": 0}))
+    task = SegmentationTask(dit)
+    assert task.net.features.levels == [4] * 4 and task.net.features.noise_shape() == (4, 16, 16), "VAE latents"
+    metrics = Engine(task).run()
+    assert 0 <= metrics["mIoU"] <= 100
+    with pytest.raises(UserError, match="input_size=30: use a positive multiple of 4, what this DiT's input sides"):
+        SegmentationTask(load_segmentation_config(None, _overrides(scenes, tmp_path, **{
+            "model.name": f"diffusers:{tmp_path / 'dit_model'}", "model.flags": "{}", "features.input_size": 30})))
 
 
 def test_bad_settings_are_refused(scenes, tmp_path):

@@ -121,18 +121,16 @@ def test_a_text_conditioned_folder_is_pointed_to_sd(tmp_path):
 
 
 def test_a_folder_of_another_class_is_refused_naming_it_not_loaded_as_a_random_unet(tmp_path):
-    from diffusers import DiTTransformer2DModel
+    from diffusers import VQModel
 
-    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=2,
-                                sample_size=8, patch_size=2, num_embeds_ada_norm=10)
-    dit.save_pretrained(tmp_path / "dit")
-    with pytest.raises(UserError, match=r"config.json describes a DiTTransformer2DModel; diffusers:FOLDER reads "
-                                        r"UNet2DModel"):
-        create_model(f"diffusers:{tmp_path / 'dit'}")
+    VQModel(block_out_channels=(8,), norm_num_groups=4, latent_channels=2).save_pretrained(tmp_path / "vq")
+    with pytest.raises(UserError, match=r"config.json describes a VQModel; diffusers:FOLDER reads "
+                                        r"UNet2DModel, DiTTransformer2DModel"):
+        create_model(f"diffusers:{tmp_path / 'vq'}")
     pipeline = tmp_path / "pipeline"
-    dit.save_pretrained(pipeline / "transformer")
+    VQModel(block_out_channels=(8,), norm_num_groups=4, latent_channels=2).save_pretrained(pipeline / "unet")
     DDPMScheduler().save_pretrained(pipeline / "scheduler")
-    with pytest.raises(UserError, match=r"transformer/config.json describes a DiTTransformer2DModel"):
+    with pytest.raises(UserError, match=r"unet/config.json describes a VQModel"):
         create_model(f"diffusers:{pipeline}")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")

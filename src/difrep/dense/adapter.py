@@ -25,10 +25,8 @@ STRIDES = (4, 8, 16, 32)
 
 
 def size_multiple(backbone: Backbone) -> int:
-    """What a U-Net's input sides must be a multiple of (its skips meet the upsampled maps exactly); 1 otherwise."""
-    if not any(i.stage == "decoder" for i in backbone.feature_info):
-        return 1
-    return max(info.reduction for info in backbone.feature_info)
+    """What the backbone's input sides must be a multiple of (:attr:`Backbone.size_multiple`)."""
+    return backbone.size_multiple
 
 
 def noisy_features(backbone: Backbone, images: torch.Tensor, t: int, noise: torch.Tensor | None,
@@ -63,8 +61,8 @@ class DenseFeatures(nn.Module):
         self.levels = by_size * len(STRIDES) if len(by_size) == 1 else by_size
         coarsest = size_multiple(backbone)
         if input_size < 1 or input_size % coarsest:  # a U-Net's skips must meet the upsampled maps exactly
-            raise UserError(f"features.input_size={input_size}: use a positive multiple of {coarsest}, this U-Net's "
-                            "coarsest reduction")
+            raise UserError(f"features.input_size={input_size}: use a positive multiple of {coarsest}, what this "
+                            f"{type(backbone).__name__}'s input sides must be a multiple of")
         self.input_size, self.finetune = input_size, finetune
         self.proj = nn.ModuleDict({str(b): nn.Conv2d(backbone.block_info(b).num_chs, channels, 1) for b in by_size})
         self.feedback: Feedback | None = None

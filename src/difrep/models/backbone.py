@@ -57,7 +57,18 @@ class Backbone(nn.Module):
 
     @property
     def num_blocks(self) -> int:
-        return len(self._blocks)
+        """The deepest block's number (blocks run first_block..num_blocks)."""
+        return self._blocks[-1].index
+
+    @property
+    def first_block(self) -> int:
+        """1, or 0 where a backbone numbers its input embedding (DiT's patch embedding)."""
+        return self._blocks[0].index
+
+    @property
+    def middle_block_index(self) -> int:
+        """The block in the middle of the network: a U-Net's bottleneck."""
+        return self.num_encoder_blocks + 1
 
     @property
     def num_encoder_blocks(self) -> int:
@@ -70,6 +81,14 @@ class Backbone(nn.Module):
         return {}
 
     @property
+    def size_multiple(self) -> int:
+        """What image sides must be a multiple of: a U-Net's coarsest reduction (its skips meet the upsampled
+        maps exactly); 1 for a backbone without a decoder."""
+        if not any(info.stage == "decoder" for info in self._blocks):
+            return 1
+        return max(info.reduction for info in self._blocks)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         """The shape [C, H, W] of one input of ``forward_intermediates`` (and of its noise)."""
         return (3, self.image_size, self.image_size)
@@ -80,7 +99,7 @@ class Backbone(nn.Module):
 
     def block_info(self, b: int | str) -> BlockInfo:
         """The :attr:`feature_info` entry of block b, checked."""
-        return self._blocks[self.validate_blocks([b])[0] - 1]
+        return self._blocks[self.validate_blocks([b])[0] - self.first_block]
 
     def block_modules(self, b: int) -> list[nn.Module]:
         """Every module block b runs."""
@@ -90,7 +109,7 @@ class Backbone(nn.Module):
         """Block numbers (or :attr:`block_aliases`) checked against this model, with an error that
         lists the valid range."""
         blocks = [self._resolve(b) for b in indices]
-        bad = [b for b in blocks if not 1 <= b <= self.num_blocks]
+        bad = [b for b in blocks if not self.first_block <= b <= self.num_blocks]
         if bad and self._pruned_after is not None:
             raise UserError(f"block(s) {bad} are not in this model: it was pruned after block {self._pruned_after}")
         if bad:
@@ -110,10 +129,11 @@ class Backbone(nn.Module):
         stages: dict[str, list[int]] = {}
         for info in self._blocks:
             stages.setdefault(info.stage, []).append(info.index)
+        span = f"{self.first_block}..{self.num_blocks}"
         if list(stages) == ["encoder"]:
-            return f"1..{self.num_blocks}"
+            return span
         parts = [f"{s} {v[0]}" if len(v) == 1 else f"{s} {v[0]}..{v[-1]}" for s, v in stages.items()]
-        return f"1..{self.num_blocks} ({', '.join(parts)})"
+        return f"{span} ({', '.join(parts)})"
 
     def mirror_block(self, b: int) -> int:
         """The encoder block whose skip decoder block b consumes (38 - b for the ADM 256 model)."""

@@ -265,7 +265,7 @@ def _diffusion_from_scheduler(folder: Path | None) -> GaussianDiffusion:
     """The noise schedule from a diffusers scheduler folder (its betas), or DDPM's default without one."""
     diffusers = optional_import("diffusers", "diffusers backbones")
     if folder is None:
-        warnings.warn("no scheduler/ folder beside the U-Net: using DDPM's default schedule (linear, 1000 steps)",
+        warnings.warn("no scheduler/ folder beside the model: using DDPM's default schedule (linear, 1000 steps)",
                       UserWarning, stacklevel=3)
         scheduler = diffusers.DDPMScheduler()
     else:
@@ -281,7 +281,7 @@ def _load(cls: Any, folder: Path, what: str) -> nn.Module:
         raise UserError(f"{folder}: cannot load the {what} ({str(err).splitlines()[0]})") from err
 
 
-READ_CLASSES = ("UNet2DModel",)
+READ_CLASSES = ("UNet2DModel", "DiTTransformer2DModel")
 
 
 def model_class_name(folder: Path) -> str:
@@ -298,11 +298,10 @@ def model_class_name(folder: Path) -> str:
     return name
 
 
-def load_diffusers_unet(path: str | Path, image_size: int | None = None) -> DiffusersUNet:
-    """A ``UNet2DModel`` from a local folder saved with ``save_pretrained``: either the U-Net's own folder
-    or a pipeline folder with ``unet/`` (and ``scheduler/``, whose betas give the noise schedule). A folder
-    of another class is refused, naming it: diffusers would build a random ``UNet2DModel`` from it."""
-    diffusers = optional_import("diffusers", "diffusers backbones")
+def model_folder(path: str | Path) -> tuple[Path, Path, str]:
+    """(the folder given, the model's own folder in it, the model's class): a pipeline folder holds its model
+    in ``unet/`` or ``transformer/``, a model folder holds it at the top. A class difrep does not read is
+    refused, naming it: diffusers would build a random model of another class from its config."""
     root = Path(path)
     if not root.is_dir():
         raise MissingFileError(f"diffusers model folder {root}: no such folder")
@@ -313,6 +312,21 @@ def load_diffusers_unet(path: str | Path, image_size: int | None = None) -> Diff
     if name not in READ_CLASSES:
         raise UserError(f"{model_dir / 'config.json'} describes a {name}; diffusers:FOLDER reads "
                         f"{', '.join(READ_CLASSES)} (and sd:FOLDER Stable Diffusion's UNet2DConditionModel)")
+    return root, model_dir, name
+
+
+def beside(root: Path, model_dir: Path, part: str) -> Path | None:
+    """A pipeline part (``scheduler``, ``vae``) next to the model: in the folder given, or beside the model's folder."""
+    return next((d for d in (root / part, model_dir.parent / part) if d.is_dir()), None)
+
+
+def load_diffusers_unet(path: str | Path, image_size: int | None = None) -> DiffusersUNet:
+    """A ``UNet2DModel`` from a local folder saved with ``save_pretrained``: either the U-Net's own folder
+    or a pipeline folder with ``unet/`` (and ``scheduler/``, whose betas give the noise schedule)."""
+    diffusers = optional_import("diffusers", "diffusers backbones")
+    root, model_dir, name = model_folder(path)
+    if name != "UNet2DModel":
+        raise UserError(f"{model_dir} holds a {name}, not a UNet2DModel: build it with create_model('diffusers:{root}')")
     unet = _load(diffusers.UNet2DModel, model_dir, "UNet2DModel")
-    scheduler = next((d for d in (root / "scheduler", model_dir.parent / "scheduler") if d.is_dir()), None)
+    scheduler = beside(root, model_dir, "scheduler")
     return DiffusersUNet(unet, _diffusion_from_scheduler(scheduler), image_size, source=str(root.resolve()))

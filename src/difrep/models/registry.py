@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -14,7 +15,9 @@ from ..errors import MissingFileError, UserError
 from .adm import ADMConfig, ADMEncoder, ADMEncoderConfig, ADMUNet
 from .backbone import Backbone
 from .checkpoint import load_checkpoint
-from .diffusers_unet import load_diffusers_unet
+from .diffusers_unet import load_diffusers_unet, model_folder
+from .dit import load_dit
+from .optional import optional_import
 from .stable_diffusion import load_stable_diffusion
 from .timm_backbone import TimmBackbone
 
@@ -165,7 +168,8 @@ def shipped_weights(name: str) -> Path:
 
 BACKBONE_FAMILIES = {
     "timm:": "timm:NAME: any timm model (e.g. timm:resnet50, timm:vit_base_patch16_224); checkpoint=FILE",
-    "diffusers:": "diffusers:FOLDER: a diffusers UNet2DModel saved with save_pretrained (with its scheduler/)",
+    "diffusers:": "diffusers:FOLDER: a diffusers UNet2DModel or DiTTransformer2DModel saved with save_pretrained "
+                  "(a pipeline folder: with its scheduler/, and vae/ for DiT)",
     "sd:": "sd:FOLDER: Stable Diffusion from a local diffusers folder (unet, vae, text_encoder, tokenizer, scheduler)",
 }
 
@@ -181,8 +185,26 @@ def _create_other(name: str, checkpoint: str | Path | None, pretrained: bool, op
     if checkpoint is not None:
         raise UserError(f"{name!r} takes its weights from its folder: drop checkpoint={str(checkpoint)!r}")
     if prefix == "diffusers":
-        return load_diffusers_unet(target, **options).eval()
+        return _load_diffusers(target, options).eval()
     return load_stable_diffusion(target, **options).eval()
+
+
+_DIFFUSERS_LOADERS: dict[str, tuple[Callable[..., Backbone], tuple[str, ...]]] = {
+    "UNet2DModel": (load_diffusers_unet, ("image_size",)),
+    "DiTTransformer2DModel": (load_dit, ("image_size", "class_label", "learnable_class")),
+}
+
+
+def _load_diffusers(folder: str, options: dict[str, Any]) -> Backbone:
+    """The backbone for the class that the folder's config.json names, with that class's options checked."""
+    optional_import("diffusers", "diffusers backbones")
+    _, _, name = model_folder(folder)
+    loader, accepted = _DIFFUSERS_LOADERS[name]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UserError(f"diffusers:{folder} holds a {name}: it takes the option(s) {', '.join(accepted)}, "
+                        f"not {', '.join(unknown)}")
+    return loader(folder, **options)
 
 
 def create_model(
@@ -192,7 +214,8 @@ def create_model(
 
     Other families are named by a prefix (:data:`BACKBONE_FAMILIES`): ``timm:resnet50`` with
     ``checkpoint=FILE`` and options ``image_size``, ``mean``, ``std`` or timm's own; ``diffusers:FOLDER``
-    and ``sd:FOLDER`` (options ``image_size``, and ``learnable_text`` for SD), weights from the folder.
+    (a UNet2DModel, or a DiT with options ``class_label`` and ``learnable_class``) and ``sd:FOLDER`` (option
+    ``learnable_text``), both with ``image_size``, weights from the folder.
 
     ``pretrained`` loads the weights difrep ships for the preset (``adm-fmnist-28``); a preset that has
     shipped weights warns when it is built without them, since random features are rarely what was

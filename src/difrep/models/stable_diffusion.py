@@ -64,11 +64,7 @@ class StableDiffusion(DiffusersUNet):
         return aliases
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] images to scaled VAE latents (the posterior's mode), without gradient."""
-        with torch.no_grad():
-            weight = next(self.vae.parameters())
-            latents = self.vae.encode(images.to(weight.dtype)).latent_dist.mode()
-        return (latents * self.scaling_factor).to(images.dtype)
+        return vae_latents(self.vae, self.scaling_factor, images)
 
     def _context(self, batch: int) -> torch.Tensor:
         return self.text_embedding.expand(batch, -1, -1)
@@ -78,6 +74,14 @@ class StableDiffusion(DiffusersUNet):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "learnable_text": self.learnable_text, "vae_scaling_factor": self.scaling_factor}
+
+
+def vae_latents(vae: nn.Module, scaling_factor: float, images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images to scaled VAE latents (the posterior's mode), without gradient."""
+    with torch.no_grad():
+        weight = next(vae.parameters())
+        latents = vae.encode(images.to(weight.dtype)).latent_dist.mode()
+    return (latents * scaling_factor).to(images.dtype)
 
 
 def null_text_embedding(tokenizer: Any, text_encoder: nn.Module) -> torch.Tensor:

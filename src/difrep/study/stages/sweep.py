@@ -48,7 +48,7 @@ def choose_settings(ranking: list[FeatureKey], model: nn.Module) -> dict[str, An
     T (best 3 steps at that b) and B (best 3 blocks at that t); DifFeed's feature block (the best decoder block at
     that t)."""
     best = ranking[0]
-    middle = model.num_encoder_blocks + 1
+    middle = model.middle_block_index
     decoder = [r for r in ranking if r.t == best.t and r.pool == best.pool and r.b > middle]
     feed_block = best.b if best.b > middle or not decoder else decoder[0].b
     return {"t": best.t, "b": best.b, "pool": best.pool,
@@ -83,7 +83,7 @@ class SweepStage(Stage):
         name = f"{ctx.spec.model['name']} ({'random init' if s['model'] == 'random' else 'trained'})"
         title = f"{name}: {'SGD linear probe' if probe['solver'] == 'sgd' else 'L-BFGS logistic regression'} top-1 (%)"
         common = {"model": s["model"], "solver": probe["solver"], "timesteps": timesteps, "blocks": blocks,
-                  "num_blocks": model.num_blocks, "middle_block": model.num_encoder_blocks + 1, "search": s["search"]}
+                  "num_blocks": model.num_blocks, "middle_block": model.middle_block_index, "search": s["search"]}
         if s["search"] == "auto":
             result = {**common, **self._auto(ctx, folder, model, timesteps, blocks, probe, title)}
             return {**result, "pictures": draw_pictures(ctx, model, result["chosen"], folder / "pictures.png", name)}
