@@ -1,4 +1,4 @@
-"""Early exit on ADM and on a diffusers U-Net, side by side: full forward vs stopping at a middle block.
+"""Early exit on ADM, a diffusers U-Net and DiT, side by side: full forward vs stopping at a middle block.
 
 Both models are ADM-shaped and of comparable size (random weights): guided-diffusion's 64x64 layout
 with 128 channels, and a diffusers ``UNet2DModel`` with the same levels (6 levels are not needed at
@@ -6,14 +6,19 @@ with 128 channels, and a diffusers ``UNet2DModel`` with the same levels (6 level
 forward (the model's own ``forward``: diffusers' ``unet(x, t)``, difrep's ADM) and
 ``forward_intermediates(..., stop_early=True)`` at the middle block and at the first decoder blocks.
 
-    python benchmarks/early_exit.py                 # CPU, batch 8, 64x64
-    python benchmarks/early_exit.py --device cuda --batch 64
+The DiT row has DiT-XL/2's shapes (28 blocks of width 1152, patch 2, 32x32x4 latents of 256-pixel images;
+random weights) and times diffusers' own ``DiTTransformer2DModel(x, t, class_labels).sample`` with the null
+class against exiting after blocks 7, 14 (the middle) and 21, at ``--dit-batch`` latents (default 1).
+
+    python benchmarks/early_exit.py                 # CPU, batch 8, 64x64; DiT at batch 1
+    python benchmarks/early_exit.py --device cuda --batch 64 --dit-batch 64
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -38,6 +43,29 @@ def diffusers_model() -> torch.nn.Module:
     return DiffusersUNet(unet, GaussianDiffusion())
 
 
+def dit_model() -> torch.nn.Module:
+    """DiT-XL/2 with a stand-in VAE (8x smaller, 4-channel latents, as SD's): only the transformer is timed."""
+    from diffusers import AutoencoderKL
+
+    from difrep.diffusion import GaussianDiffusion
+    from difrep.models.dit import DiT, random_dit
+
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4)
+    return DiT(random_dit("XL"), GaussianDiffusion(), vae)
+
+
+def own_forward(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[Callable[[], torch.Tensor],
+                                                                                tuple[int, ...]]:
+    """The model's own full forward (diffusers' for diffusers models) and the blocks to exit after."""
+    if hasattr(model, "transformer"):
+        null = torch.full_like(t, model.num_classes)
+        return (lambda: model.transformer(x, t, class_labels=null).sample), (7, model.middle_block_index, 21)
+    middle = model.num_encoder_blocks + 1
+    net = model.unet if hasattr(model, "unet") else model
+    return (lambda: net(x, t)), (middle, middle + 2, middle + 5)
+
+
 def seconds(fn, repeats: int, device: str) -> float:
     fn()  # warm-up
     best = float("inf")
@@ -56,24 +84,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dit-batch", type=int, default=1, help="latents a DiT call (default 1)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    print(f"device {args.device}, batch {args.batch}, 64x64, fp32, best of {args.repeats}")
+    print(f"device {args.device}, U-Nets at batch {args.batch} 64x64, DiT at batch {args.dit_batch} 256x256 "
+          f"(32x32x4 latents), fp32, best of {args.repeats}")
     print(f"{'model':34} {'params':>7} {'blocks':>6} {'exit at b':>12} {'ms':>8} {'speed-up':>9}")
-    for name, build in (("ADM (guided-diffusion layout)", adm_model), ("diffusers UNet2DModel", diffusers_model)):
+    rows = (("ADM (guided-diffusion layout)", adm_model, args.batch), ("diffusers UNet2DModel", diffusers_model, args.batch),
+            ("DiT-XL/2 (diffusers DiT)", dit_model, args.dit_batch))
+    for name, build, batch in rows:
         model = build().eval().to(args.device)
-        x = torch.randn(args.batch, 3, 64, 64, device=args.device)
-        t = torch.full((args.batch,), 150, device=args.device)
-        middle = model.num_encoder_blocks + 1
-        own = model.unet if hasattr(model, "unet") else model
-        full = seconds(lambda: own(x, t), args.repeats, args.device)
+        x = torch.randn(batch, *model.input_shape, device=args.device)
+        t = torch.full((batch,), 150, device=args.device)
+        own, exits = own_forward(model, x, t)
+        full = seconds(own, args.repeats, args.device)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"{name:34} {params:6.1f}M {model.num_blocks:>6} {'full forward':>12} {1000 * full:8.1f} {1.0:8.2f}x")
-        for b in (middle, middle + 2, middle + 5):
+        blocks = len(model.feature_info)
+        print(f"{name:34} {params:6.1f}M {blocks:>6} {'full forward':>12} {1000 * full:8.1f} {1.0:8.2f}x")
+        for b in exits:
             early = seconds(lambda b=b: model.forward_intermediates(x, t, [b], stop_early=True), args.repeats,
                             args.device)
             print(f"{'':34} {'':>7} {'':>6} {b:>12} {1000 * early:8.1f} {full / early:8.2f}x")
+        del model
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ BACKBONE_CONFIGS = {
     "imagenet50_mae_attention": ("timm:vit_base_patch16_224", [12], "attention"),
     "imagenet50_mae_difformer": ("timm:vit_base_patch16_224", [9, 10, 11, 12], "difformer"),
     "imagenet_sd_linear": ("sd:", ["paper:18"], "linear"),
+    "imagenet_dit_attention": ("diffusers:", [14], "attention"),
 }
 
 
@@ -148,6 +149,9 @@ def test_other_backbone_configs_follow_tables_15_and_10(name, tmp_path):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.model.name.startswith(backbone) and cfg.head.name == head and cfg.run.finetune is False
     assert cfg.optim.name == "sgd" and cfg.optim.epochs == (15 if backbone == "sd:" else 28)
+    if backbone == "diffusers:":
+        _check_dit_xl_config(cfg)
+        return
     if backbone == "sd:":
         save_sd_folder(tmp_path)  # the same 25-block layout as SD-1.5: the paper's b = 18 by name
         sd = create_model(f"sd:{tmp_path}")
@@ -161,6 +165,26 @@ def test_other_backbone_configs_follow_tables_15_and_10(name, tmp_path):
     if name == "imagenet50_simclr_attention":
         assert round(params / 1e6, 1) == 27.5, "Table 15: the Attention head on SimCLR block 4 has 27.5M parameters"
     assert 26e6 < params < 30.5e6, "Table 15 lists 26.0M to 30.0M for these heads"
+
+
+def _check_dit_xl_config(cfg) -> None:
+    """DiT-XL/2 at 256 pixels: the middle of its 28 blocks, 16 x 16 tokens of width 1152, the GD Attention protocol."""
+    from diffusers import AutoencoderKL
+
+    from difrep.diffusion import GaussianDiffusion
+    from difrep.models.dit import DiT, random_dit
+    from difrep.training.trainer import block_shapes, build_head
+
+    vae = AutoencoderKL(block_out_channels=(8,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4)
+    with torch.device("meta"):
+        dit = DiT(random_dit("XL"), GaussianDiffusion(), vae)
+    assert cfg.features.blocks == [dit.middle_block_index] == [14] and cfg.features.timesteps == [150]
+    assert (dit.block_info(14).num_chs, dit.block_info(14).resolution, dit.image_size) == (1152, 16, 256)
+    assert (cfg.data.name, cfg.optim.lr, cfg.optim.batch_size, cfg.optim.step_epochs) == ("imagenet", 0.05, 32, 7)
+    assert (cfg.head.dim, cfg.head.depth, cfg.head.num_heads) == (1024, 2, 8), "the paper's Attention head"
+    heads = build_head(cfg, 1000, block_shapes(dit, cfg.features.blocks))
+    assert sum(p.numel() for p in heads.parameters()) > 0
 
 
 @pytest.mark.parametrize("name", SEGMENTATION_CONFIGS)

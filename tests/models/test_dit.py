@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 from difrep import create_model
 from difrep.errors import UserError
 from difrep.heads import DifFeed
-from difrep.models.dit import DiT
+from difrep.models.dit import DiT, random_dit
 
 DEPTH = 3
 
@@ -187,3 +187,35 @@ def test_difeed_is_refused_saying_why(model):
         DifFeed(model, 10, t=10, feature_block=2)
     with pytest.raises(UserError, match="no encoder-decoder skips"):
         model.forward_intermediates(torch.randn(1, 4, 8, 8), 10, [2], feedback={1: torch.zeros(1)})
+
+
+@pytest.mark.parametrize("size, millions", [("S", 33), ("B", 130), ("L", 458), ("XL", 675)])
+def test_dits_sizes_have_the_papers_parameter_counts(size, millions):
+    """DiT's Table 4 (patch 2). diffusers keeps a copy of the timestep and label embedders in every block, where
+    DiT has one: the paper's count is diffusers' less the depth - 1 copies."""
+    with torch.device("meta"):
+        dit = random_dit(size)
+    total = sum(p.numel() for p in dit.parameters())
+    copy = sum(p.numel() for p in dit.transformer_blocks[0].norm1.emb.parameters())
+    assert round((total - (len(dit.transformer_blocks) - 1) * copy) / 1e6) == millions
+
+
+def test_new_dit_writes_folders_that_diffusers_folder_reads(folder, tmp_path, capsys):
+    from difrep.cli.main import main
+
+    pixels = ["new-dit", str(tmp_path / "grey"), "--size", "S", "--depth", "2", "--width", "32", "--heads", "2",
+              "--sample-size", "28", "--in-channels", "1", "--classes", "10"]
+    assert main(pixels) == 0
+    grey = create_model(f"diffusers:{tmp_path / 'grey'}")
+    assert (grey.image_size, grey.depth, grey.feature_info[1].num_chs, grey.num_classes) == (28, 2, 32, 10)
+    assert grey.diffusion.betas[0].item() == pytest.approx(1e-4) and grey.diffusion.betas[-1].item() == pytest.approx(0.02)
+    assert main(pixels) == 2 and "exists and is not empty" in capsys.readouterr().err
+    latent = ["new-dit", str(tmp_path / "latent"), "--size", "S", "--depth", "2", "--width", "32", "--heads", "2",
+              "--sample-size", "8"]
+    assert main(latent) == 2 and "needs a VAE" in capsys.readouterr().err
+    assert main([*latent, "--vae", str(folder)]) == 0
+    control = create_model(f"diffusers:{tmp_path / 'latent'}")
+    assert (tmp_path / "latent" / "model_index.json").is_file() and control.image_size == 16
+    images = torch.rand(1, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(control.encode(images), create_model(f"diffusers:{folder}").encode(images),
+                               msg="the random-init control reads the trained pipeline's VAE")

@@ -211,7 +211,7 @@ def test_a_study_file_names_only_stages_and_settings_that_exist(tmp_path):
         study(stage={})
 
 
-@pytest.mark.parametrize("name", ["demo", "fashion_mnist", "scenes_segmentation", "scenes_detection"])
+@pytest.mark.parametrize("name", ["demo", "fashion_mnist", "scenes_segmentation", "scenes_detection", "dit_fashion_mnist"])
 def test_the_shipped_study_files_findings_name_existing_stages_and_runs(name):
     spec = load_study(STUDIES / f"{name}.yaml")
     study = Study(spec)

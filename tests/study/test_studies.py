@@ -154,3 +154,26 @@ def test_the_demo_alias_and_its_study_file_give_one_report(tmp_path, monkeypatch
                  "run.progress=false"]
     assert main(["study", str(STUDIES / "demo.yaml"), *overrides]) == 0
     assert (out / "report.md").read_text() == report
+
+
+def test_the_dit_study_file_runs_on_a_new_dit_folder(tmp_path):
+    """configs/studies/dit_fashion_mnist.yaml on the folder difrep new-dit writes, cut to toy size."""
+    folder = tmp_path / "dit"
+    assert main(["new-dit", str(folder), "--size", "S", "--depth", "3", "--width", "32", "--heads", "2",
+                 "--sample-size", "28", "--in-channels", "1", "--classes", "10"]) == 0
+    study = {
+        "base": str(STUDIES / "dit_fashion_mnist.yaml"), "out": str(tmp_path / "study"), "seeds": [0],
+        "data": {"train_per_class": 6, "test_per_class": 3, "val_fraction": 0.25},
+        "model": {"name": f"diffusers:{folder}"}, "vars": {"timesteps": [50, 300], "epochs": 1},
+        "stages": {"sweep": {"blocks": [0, 2, 4]},
+                   "heads": {"base": {"data": {"per_class": 4}, "optim": {"batch_size": 8}, "head": SMALL}}},
+    }
+    path = tmp_path / "dit.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["study", str(path)]) == 0
+    sweep = _result(tmp_path / "study", "sweep")
+    assert sweep["best"]["b"] in (0, 2, 4) and sweep["middle_block"] == 2 and sweep["num_blocks"] == 4
+    heads = _result(tmp_path / "study", "heads")
+    assert [r["id"] for r in heads["runs"]] == ["linear", "attention", "difformer"]
+    report = (tmp_path / "study" / "report.md").read_text()
+    assert f"diffusers:{folder}" in report and "raw pixels" in report

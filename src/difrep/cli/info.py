@@ -43,13 +43,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     params = sum(p.numel() for p in model.parameters())
     steps = (f"{model.diffusion.num_timesteps} {model.diffusion.schedule} noise steps" if model.takes_timestep
              else "no noise step (t is ignored)")
-    print(f"{args.model}: {type(model).__name__}, {params / 1e6:.1f}M parameters, {model.num_blocks} blocks, "
+    print(f"{args.model}: {type(model).__name__}, {params / 1e6:.1f}M parameters, {len(model.feature_info)} blocks, "
           f"{model.image_size}x{model.image_size} input, {steps}")
     if args.checkpoint:
         print(f"checkpoint {args.checkpoint}: all tensors the features use fit")
-    print(f"{'b':>3}  {'stage':8} {'module':32} {'channels':>8} {'size':>5}")
+    print(f"{'b':>3}  {'stage':11} {'module':32} {'channels':>8} {'size':>5}")
     for b in model.feature_info:
-        print(f"{b.index:>3}  {b.stage:8} {b.module:32} {b.num_chs:>8} {b.resolution:>5}")
+        print(f"{b.index:>3}  {b.stage:11} {b.module:32} {b.num_chs:>8} {b.resolution:>5}")
     if model.block_aliases:
         print("block names: " + ", ".join(f"{k} = {v}" for k, v in model.block_aliases.items()))
     return 0

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from ..distributed import close_distributed
 from ..errors import UserError
-from . import data, demo, evaluate, extract, info, pretrain, sample, scenes_study, show, study, sweep, train
+from . import data, demo, evaluate, extract, info, new_dit, pretrain, sample, scenes_study, show, study, sweep, train
 
 BUG_REPORT = ("difrep: this is a bug in difrep, not in your input. Please report it on the project's issue "
               "tracker with the command you ran and the traceback above.")
@@ -18,7 +18,8 @@ BUG_REPORT = ("difrep: this is a bug in difrep, not in your input. Please report
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="difrep", description="Text-free diffusion models as representation learners.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (info, data, extract, evaluate, sweep, show, train, pretrain, sample, demo, study, scenes_study):
+    for module in (info, new_dit, data, extract, evaluate, sweep, show, train, pretrain, sample, demo, study,
+                   scenes_study):
         module.register(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_extra", False):

@@ -104,7 +104,7 @@ class DiT(Backbone):
         """Put a :class:`ClassEmbedding` of ``label``'s row in every block (one shared where the rows are equal)."""
         embedders = self._embedders()
         rows = [e.class_embedder.embedding_table.weight[label] for e in embedders]
-        if all(torch.equal(rows[0], r) for r in rows[1:]):
+        if not rows[0].is_meta and all(torch.equal(rows[0], r) for r in rows[1:]):  # meta: a shape-only model
             shared = ClassEmbedding(rows[0], learnable)
             replacements = [shared] * len(rows)
         else:
@@ -263,3 +263,54 @@ def load_dit(path: str | Path, image_size: int | None = None, class_label: int |
     diffusion = _diffusion_from_scheduler(beside(root, model_dir, "scheduler"))
     return DiT(transformer.eval(), diffusion, vae, class_label, learnable_class, image_size,
                source=str(root.resolve()))
+
+
+DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}  # depth, width, heads
+
+
+def random_dit(size: str = "XL", patch_size: int = 2, sample_size: int = 32, in_channels: int = 4,
+               num_classes: int = 1000, depth: int | None = None, width: int | None = None,
+               heads: int | None = None, seed: int = 0) -> nn.Module:
+    """A randomly initialised ``DiTTransformer2DModel`` of one of DiT's sizes (S, B, L, XL: Peebles & Xie,
+    Table 1), learning its variance as DiT does; ``depth``, ``width`` and ``heads`` override the size's."""
+    diffusers = optional_import("diffusers", "DiT backbones")
+    if size not in DIT_SIZES:
+        raise UserError(f"DiT size {size!r}: use one of {', '.join(DIT_SIZES)}")
+    d, w, h = DIT_SIZES[size]
+    depth, width, heads = depth or d, width or w, heads or h
+    if width % heads:
+        raise UserError(f"width {width} must be a multiple of heads {heads}")
+    if sample_size % patch_size:
+        raise UserError(f"sample size {sample_size} must be a multiple of the patch size {patch_size}")
+    torch.manual_seed(seed)
+    return diffusers.DiTTransformer2DModel(
+        num_attention_heads=heads, attention_head_dim=width // heads, in_channels=in_channels,
+        out_channels=2 * in_channels, num_layers=depth, sample_size=sample_size, patch_size=patch_size,
+        num_embeds_ada_norm=num_classes).eval()
+
+
+def save_random_dit(folder: str | Path, transformer: nn.Module, vae_from: str | Path | None = None) -> Path:
+    """Write a DiT folder that ``diffusers:FOLDER`` reads: ``transformer/``, DiT's scheduler (linear betas
+    1e-4..0.02 over 1000 steps) in ``scheduler/`` and, for a latent DiT, the VAE of ``vae_from`` (a VAE folder or
+    a pipeline holding ``vae/``) in ``vae/`` with ``model_index.json``, as ``DiTPipeline.save_pretrained`` does."""
+    diffusers = optional_import("diffusers", "DiT backbones")
+    out = Path(folder)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty: pass a new folder")
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                        beta_end=0.02)
+    if vae_from is None:
+        if int(transformer.config.in_channels) not in (1, 3):
+            raise UserError(f"a DiT on {transformer.config.in_channels}-channel latents needs a VAE: pass a VAE "
+                            "folder (or a pipeline with vae/), or in_channels 1 or 3 for a DiT on pixels")
+        transformer.save_pretrained(out / "transformer")
+        scheduler.save_pretrained(out / "scheduler")
+        return out
+    source = Path(vae_from)
+    source = source / "vae" if (source / "vae" / "config.json").is_file() else source
+    vae = _load(diffusers.AutoencoderKL, source, "AutoencoderKL")
+    if int(vae.config.latent_channels) != int(transformer.config.in_channels):
+        raise UserError(f"{source} makes {vae.config.latent_channels}-channel latents, the DiT reads "
+                        f"{transformer.config.in_channels}")
+    diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler).save_pretrained(out)
+    return out

@@ -18,6 +18,7 @@ from ..data import DEBIAN_FASHION_MNIST, build_transform, held_out_split, load_s
 from ..errors import UserError
 from ..features.cache import CacheWriter, FeatureCache, FeatureKey
 from ..models import create_model
+from ..models.registry import BACKBONE_FAMILIES
 from ..utils.files import weights_sha256
 from .spec import StudySpec
 
@@ -40,16 +41,30 @@ class StudyContext:
         self._splits: dict[tuple[str, int | None], Dataset] = {}
 
     # ----- models
+    @property
+    def _family(self) -> bool:
+        """Whether the model is a timm:, diffusers: or sd: backbone (weights from a file or folder, options in flags)."""
+        return self.spec.model["name"].partition(":")[0] + ":" in BACKBONE_FAMILIES
+
     @cached_property
     def trained(self) -> nn.Module:
         m = self.spec.model
-        model = (create_model(m["name"], checkpoint=m["checkpoint"]) if m["checkpoint"]
-                 else create_model(m["name"], pretrained=True))
+        if self._family:
+            model = create_model(m["name"], checkpoint=m["checkpoint"], **(m["flags"] or {}))
+        elif m["flags"]:
+            raise UserError(f"{self.spec.source}: model.flags are the options of a timm:, diffusers: or sd: backbone; "
+                            f"{m['name']!r} is a preset")
+        else:
+            model = (create_model(m["name"], checkpoint=m["checkpoint"]) if m["checkpoint"]
+                     else create_model(m["name"], pretrained=True))
         return model.requires_grad_(False).to(self.device)
 
     @cached_property
     def random(self) -> nn.Module:
         """The architecture as it initialises (``model.random_seed``): the control every finding compares with."""
+        if self._family:
+            raise UserError(f"{self.spec.source}: model: random builds a random-init copy of a preset; for "
+                            f"{self.spec.model['name']!r} write one to a folder (difrep new-dit for a DiT) and study it")
         torch.manual_seed(self.spec.model["random_seed"])
         with warnings.catch_warnings():  # random on purpose: no warning about missing weights
             warnings.simplefilter("ignore", UserWarning)
@@ -68,12 +83,14 @@ class StudyContext:
         """What every stage's result depends on: the data and the studied weights, not where they are (a data
         folder or a checkpoint's file name), so that a study folder moved to another machine still reads back."""
         data = {k: v for k, v in self.spec.data.items() if k not in ("root", "fashion_root")}
-        model = {k: v for k, v in self.spec.model.items() if k != "checkpoint"}
+        model = {k: v for k, v in self.spec.model.items() if k != "checkpoint" and (k != "flags" or v)}  # as before flags
         return {"data": data, "model": {**model, "weights_sha256": self.weights_sha256}}
 
     def model_section(self) -> dict[str, Any]:
         """The ``model`` section of a ``difrep train`` config for the studied weights."""
         m = self.spec.model
+        if self._family:
+            return {"name": m["name"], "checkpoint": m["checkpoint"], "flags": dict(m["flags"] or {})}
         return {"name": m["name"], "checkpoint": m["checkpoint"]} if m["checkpoint"] else {"name": m["name"], "pretrained": True}
 
     # ----- images

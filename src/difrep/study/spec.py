@@ -6,7 +6,8 @@ Top-level sections (``configs/studies/*.yaml``; a file may name a ``base`` file 
     out                   the study folder
     seeds                 the seeds of every stage that trains (mean +- std over them)
     data                  name, root, train_per_class, test_per_class, val_fraction, and what the stages read
-    model                 name, checkpoint (null: the shipped weights), random_seed (the random-init copy's)
+    model                 name, checkpoint (null: the shipped weights), flags (a timm:/diffusers:/sd: backbone's
+                          options), random_seed (the random-init copy's)
     vars                  named values the stages read as ${vars.NAME} (what a command-line alias sets)
     run                   progress, workers, chunk_size, shard_size, batch_size: how, never what, is computed
     stages                name -> {kind: ..., settings}, run in the order written
@@ -32,7 +33,7 @@ RUN_DEFAULTS: dict[str, Any] = {"progress": True, "workers": 0, "chunk_size": 64
                                 "batch_size": 256}
 DATA_DEFAULTS: dict[str, Any] = {"name": "fashion-mnist", "root": None, "train_per_class": None,
                                  "test_per_class": None, "val_fraction": 0.1}
-MODEL_DEFAULTS: dict[str, Any] = {"name": "adm-fmnist-28", "checkpoint": None, "random_seed": 0}
+MODEL_DEFAULTS: dict[str, Any] = {"name": "adm-fmnist-28", "checkpoint": None, "flags": {}, "random_seed": 0}
 SECTIONS = ("title", "description", "out", "seeds", "data", "model", "vars", "run", "stages", "findings")
 
 

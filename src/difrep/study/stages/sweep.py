@@ -83,7 +83,8 @@ class SweepStage(Stage):
         name = f"{ctx.spec.model['name']} ({'random init' if s['model'] == 'random' else 'trained'})"
         title = f"{name}: {'SGD linear probe' if probe['solver'] == 'sgd' else 'L-BFGS logistic regression'} top-1 (%)"
         common = {"model": s["model"], "solver": probe["solver"], "timesteps": timesteps, "blocks": blocks,
-                  "num_blocks": model.num_blocks, "middle_block": model.middle_block_index, "search": s["search"]}
+                  "num_blocks": model.num_blocks, "middle_block": model.middle_block_index, "search": s["search"],
+                  "decoder": any(info.stage == "decoder" for info in model.feature_info)}
         if s["search"] == "auto":
             result = {**common, **self._auto(ctx, folder, model, timesteps, blocks, probe, title)}
             return {**result, "pictures": draw_pictures(ctx, model, result["chosen"], folder / "pictures.png", name)}
@@ -159,8 +160,8 @@ class SweepStage(Stage):
                   f"{best['probe_test_top5']:.1f}% (kNN k=20: {best['knn20_test_top1']:.1f}%). Every score: "
                   f"`{folder}/sweep.csv`" + (f", `{folder}/pools.csv`." if result["pool_rows"] else "."), ""]
         if result["model"] == "trained":
-            lines += [f"Settings for the heads: t={c['t']}, b={c['b']}; DifFormer T={c['T']}, B={c['B']}; DifFeed reads "
-                      f"b={c['difeed_block']}.", ""]
+            feed = f"; DifFeed reads b={c['difeed_block']}" if result.get("decoder", True) else ""
+            lines += [f"Settings for the heads: t={c['t']}, b={c['b']}; DifFormer T={c['T']}, B={c['B']}{feed}.", ""]
         return lines
 
     @staticmethod
