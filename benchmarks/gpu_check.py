@@ -35,11 +35,14 @@ Checks (each in its own try/except, so one failure hides nothing else; exit code
    checkpoint giving the same box and mask AP.
 7. knn / cka: ``knn_accuracy`` and ``cka_matrix`` (exact, and the minibatch estimate) on device tensors
    give the same results as on CPU tensors.
-8. ddp: with 2 or more GPUs, ``torchrun --nproc_per_node 2 -m difrep.cli.main train ...`` (NCCL) on the
+8. dit: DiT-XL/2's shapes (random weights, 28 blocks of width 1152, a stand-in VAE): the middle block (14) and
+   the output through difrep's traversal equal diffusers' own forward on the device (relative 1e-5), the
+   extractor's bf16 features against fp32, and early exit at the middle block against diffusers' full forward.
+9. ddp: with 2 or more GPUs, ``torchrun --nproc_per_node 2 -m difrep.cli.main train ...`` (NCCL) on the
    tiny data set next to a 1-process run of the same global batch: both count every test image once,
    and a 1-process ``difrep evaluate`` of the 2-process checkpoint gives the 2-process run's accuracy.
 
-``--small`` swaps ADM-256 for a tiny ADM (8x8 input, 1.4M parameters, 13 blocks; the paper's blocks
+``--small`` swaps ADM-256 for a tiny ADM (and DiT-XL/2 for a 4-block DiT) (8x8 input, 1.4M parameters, 13 blocks; the paper's blocks
 become its middle block 7, decoder block 10 at 4x4 and decoder block 12 at 8x8) and the heads for small
 ones, so that the script runs on a CPU in seconds, on one thread (tiny tensors gain nothing from more, and
 threads fighting another busy process made the run five times slower). On the CPU the peak-memory column
@@ -65,6 +68,7 @@ from gpu_checks.build import check_build
 from gpu_checks.common import TINY_ADM, Check, Setup, Skip
 from gpu_checks.ddp import check_ddp
 from gpu_checks.detection import check_detection
+from gpu_checks.dit import check_dit
 from gpu_checks.extract import check_auto_chunk, make_extract_check
 from gpu_checks.segmentation import check_segmentation
 from gpu_checks.similarity import check_cka, check_knn
@@ -92,6 +96,8 @@ def all_checks(setup: Setup) -> list[tuple[str, Check]]:
     checks.append(("detection: Mask R-CNN train + COCOeval + checkpoint", check_detection))
     checks.append(("knn_accuracy on device = cpu", check_knn))
     checks.append(("cka_matrix exact + minibatch on device = cpu", check_cka))
+    dit = "tiny DiT" if setup.small else "DiT-XL/2"
+    checks.append((f"{dit} (random): blocks = diffusers' forward, bf16, middle-block exit", check_dit))
     checks.append(("DDP 2 processes (NCCL) vs 1 process", check_ddp))
     return checks
 

@@ -18,7 +18,7 @@ def test_gpu_check_passes_every_check_on_the_cpu(tmp_path):
     assert lines[0] == "| check | status | images/s | peak GPU memory (MiB) |"
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
     names = [row[0] for row in rows]
-    assert len(rows) == 22, names
+    assert len(rows) == 23, names
     for name, status, _images_per_s, peak in rows:
         assert peak == "-", "no GPU memory on the CPU"
         if name.startswith("DDP"):

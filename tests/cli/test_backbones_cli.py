@@ -174,3 +174,26 @@ def test_dit_difformer_over_two_blocks_trains_the_learnable_class_and_difeed_is_
                                                                     "features.timesteps": "[100]"})
     with pytest.raises(UserError, match="DifFeed feeds a diffusion U-Net's decoder features .* DiT has no decoder"):
         train(load_config(None, refused))
+
+
+def test_dit_learnable_class_on_two_processes_equals_one_process(data, folders, tmp_path):
+    """DDP with a frozen DiT and trainable class vectors inside it: 2 processes of batch 4 take the steps of 1
+    process of batch 8."""
+    common = {"optim.epochs": 1, "optim.name": "sgd", "optim.lr": 0.05, "data.per_class": 2, "head.name": "attention",
+              "features.timesteps": "[100]", "features.blocks": "[2]"}
+    train(load_config(None, _dit_overrides(data, folders, tmp_path / "one", **common, **{"optim.batch_size": 8})))
+    args = _dit_overrides(data, folders, tmp_path / "two", **common, **{"optim.batch_size": 4})
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           "-m", "difrep.cli.main", "train", *args],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (torch.load(tmp_path / n / "last.pt", weights_only=True)["weights"] for n in ("one", "two"))
+    from difrep import create_model
+
+    start = create_model(f"diffusers:{folders / 'dit'}", learnable_class=True).state_dict()
+    vectors = [k for k in one if k.endswith("class_embedder.vector")]
+    assert len(vectors) == 2, "blocks 1 and 2 ran: their class vectors trained"
+    for key in vectors:
+        step = (one[key] - start[key.removeprefix("model.")]).norm()
+        gap = (two[key] - one[key]).norm()
+        assert step > 0 and gap < 0.02 * step, f"{key}: 2 processes differ by {gap:.2e}, the vector moved {step:.2e}"
