@@ -166,6 +166,8 @@ def test_the_dit_study_file_runs_on_a_new_dit_folder(tmp_path):
         "data": {"train_per_class": 6, "test_per_class": 3, "val_fraction": 0.25},
         "model": {"name": f"diffusers:{folder}"}, "vars": {"timesteps": [50, 300], "epochs": 1},
         "stages": {"sweep": {"blocks": [0, 2, 4]},
+                   "random": {"kind": "sweep", "model": "random", "timesteps": [T], "blocks": [2, 4], "pool": 2,
+                              "probe": {"solver": "lbfgs"}},
                    "heads": {"base": {"data": {"per_class": 4}, "optim": {"batch_size": 8}, "head": SMALL}}},
     }
     path = tmp_path / "dit.yaml"
@@ -173,7 +175,9 @@ def test_the_dit_study_file_runs_on_a_new_dit_folder(tmp_path):
     assert main(["study", str(path)]) == 0
     sweep = _result(tmp_path / "study", "sweep")
     assert sweep["best"]["b"] in (0, 2, 4) and sweep["middle_block"] == 2 and sweep["num_blocks"] == 4
+    random = _result(tmp_path / "study", "random")
+    assert random["model"] == "random" and {r["b"] for r in random["rows"]} == {2, 4}, "a random-init copy of the DiT"
     heads = _result(tmp_path / "study", "heads")
     assert [r["id"] for r in heads["runs"]] == ["linear", "attention", "difformer"]
     report = (tmp_path / "study" / "report.md").read_text()
-    assert f"diffusers:{folder}" in report and "raw pixels" in report
+    assert f"diffusers:{folder}" in report and "raw pixels" in report and "random-init copy" in report

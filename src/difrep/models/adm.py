@@ -185,6 +185,9 @@ class _ADMTrunk(Backbone):
             return images.mean(dim=1, keepdim=True)
         raise UserError(f"this model reads {channels}-channel images; got a batch of shape {tuple(images.shape)}")
 
+    def random_copy(self) -> _ADMTrunk:
+        return type(self)(self.config).to(next(self.parameters()).device)
+
     def describe(self) -> dict[str, Any]:
         return asdict(self.config)
 

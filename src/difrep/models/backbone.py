@@ -156,6 +156,11 @@ class Backbone(nn.Module):
         for p in self.trainable_with_head():
             p.requires_grad_(True)
 
+    def random_copy(self) -> Backbone:
+        """The same architecture with its weights as they initialise (seed with ``torch.manual_seed`` first): the
+        random-init control. Its input pipeline (a VAE, SD's text context) stays the trained one's."""
+        raise UserError(f"{type(self).__name__} has no random-init copy")
+
     def describe(self) -> dict[str, Any]:
         """What a cache manifest or a run records about this backbone's configuration."""
         return {"type": type(self).__name__}

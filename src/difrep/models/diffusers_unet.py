@@ -256,6 +256,10 @@ class DiffusersUNet(Backbone):
         self._pruned_after = last
         return last
 
+    def random_copy(self) -> DiffusersUNet:
+        unet = type(self.unet).from_config(self.unet.config).to(self.unet.device)
+        return DiffusersUNet(unet, self.diffusion, self.image_size, self.source)
+
     def describe(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "source": self.source, "image_size": self.image_size,
                 "unet": dict(self.unet.config), "schedule": self.diffusion.schedule}

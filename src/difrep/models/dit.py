@@ -237,6 +237,12 @@ class DiT(Backbone):
         self._pruned_after = last
         return last
 
+    def random_copy(self) -> DiT:
+        """A random-init transformer (its own null row) on the trained VAE's latents."""
+        transformer = type(self.transformer).from_config(self.transformer.config).to(self.transformer.device)
+        label = None if self.class_label == self.num_classes else self.class_label
+        return DiT(transformer, self.diffusion, self.vae, label, self.learnable_class, self.image_size, self.source)
+
     def describe(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "source": self.source, "image_size": self.image_size,
                 "transformer": dict(self.transformer.config), "schedule": self.diffusion.schedule,

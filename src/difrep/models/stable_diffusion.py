@@ -72,6 +72,12 @@ class StableDiffusion(DiffusersUNet):
     def trainable_with_head(self) -> list[nn.Parameter]:
         return [self.text_embedding] if self.learnable_text else []
 
+    def random_copy(self) -> StableDiffusion:
+        """A random-init U-Net on the trained VAE's latents, with the trained null text."""
+        unet = type(self.unet).from_config(self.unet.config).to(self.unet.device)
+        return StableDiffusion(unet, self.vae, self.text_embedding.detach(), self.diffusion, self.learnable_text,
+                               self.image_size, self.source)
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "learnable_text": self.learnable_text, "vae_scaling_factor": self.scaling_factor}
 

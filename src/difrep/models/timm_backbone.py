@@ -131,6 +131,9 @@ class TimmBackbone(Backbone):
         self._pruned_after = last
         return last
 
+    def random_copy(self) -> TimmBackbone:
+        return TimmBackbone(self.name, None, self.image_size, self.mean, self.std, **self.timm_kwargs).to(self._mean.device)
+
     def describe(self) -> dict[str, Any]:
         return {"type": "timm", "name": self.name, "options": self.timm_kwargs, "image_size": self.image_size,
                 "mean": list(self.mean), "std": list(self.std)}

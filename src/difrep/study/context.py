@@ -62,10 +62,9 @@ class StudyContext:
     @cached_property
     def random(self) -> nn.Module:
         """The architecture as it initialises (``model.random_seed``): the control every finding compares with."""
-        if self._family:
-            raise UserError(f"{self.spec.source}: model: random builds a random-init copy of a preset; for "
-                            f"{self.spec.model['name']!r} write one to a folder (difrep new-dit for a DiT) and study it")
         torch.manual_seed(self.spec.model["random_seed"])
+        if self._family:  # the denoiser re-initialised, the input pipeline (VAE, text context) kept
+            return self.trained.random_copy().requires_grad_(False).to(self.device)
         with warnings.catch_warnings():  # random on purpose: no warning about missing weights
             warnings.simplefilter("ignore", UserWarning)
             return create_model(self.spec.model["name"]).requires_grad_(False).to(self.device)
