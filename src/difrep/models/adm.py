@@ -215,14 +215,8 @@ class _ADMTrunk(Backbone):
     def embed(
         self, t: torch.Tensor | int | Sequence[int], batch: int, y: torch.Tensor | None
     ) -> torch.Tensor:
-        if not isinstance(t, torch.Tensor) or t.device.type == "cpu":
-            t = self.diffusion.validate_timesteps(t)  # host values cost nothing to check
-        t = t.to(self.time_embed[0].weight.device)
-        if t.ndim == 0:
-            t = t.expand(batch)
-        if t.shape != (batch,):
-            raise UserError(f"timesteps must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
         weight = self.time_embed[0].weight
+        t = self._batch_timesteps(t, batch, weight.device)
         emb = self.time_embed(timestep_embedding(t, self.config.num_channels).to(weight.dtype))
         if self.num_classes is not None:
             if y is None:
@@ -302,10 +296,7 @@ class _ADMTrunk(Backbone):
         """
         blocks = self.validate_blocks(range(1, self.num_blocks + 1) if indices is None else indices)
         feedback = self._check_feedback(feedback)
-        if stop_early and not intermediates_only:
-            raise UserError("stop_early=True skips the output layer: use intermediates_only=True")
-        if self.out is None and not intermediates_only:
-            raise UserError("this model was pruned (prune_intermediate_layers): it has features, not an output")
+        self._check_output_request(stop_early, intermediates_only)
         last = max(blocks, default=0) if stop_early else self.num_blocks
         keep_from = self.mirror_block(last) if last > self.num_encoder_blocks + 1 else last + 1
         emb = self.embed(t, x.shape[0], y)

@@ -165,6 +165,26 @@ class Backbone(nn.Module):
         """What a cache manifest or a run records about this backbone's configuration."""
         return {"type": type(self).__name__}
 
+    def _batch_timesteps(self, t: torch.Tensor | int | Iterable[int], batch: int,
+                         device: torch.device) -> torch.Tensor:
+        """Noise steps as a [batch] tensor on ``device``: host values are checked against the schedule (free), a
+        device tensor is taken as it is (checking it would cost a host round trip per call)."""
+        if not isinstance(t, torch.Tensor) or t.device.type == "cpu":
+            t = self.diffusion.validate_timesteps(t)
+        t = t.to(device)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise UserError(f"timesteps must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+        return t
+
+    def _check_output_request(self, stop_early: bool, intermediates_only: bool) -> None:
+        """Refuse to return the output layer's result where it is skipped (stop_early) or gone (pruned)."""
+        if stop_early and not intermediates_only:
+            raise UserError("stop_early=True skips the output layer: use intermediates_only=True")
+        if self._pruned_after is not None and not intermediates_only:
+            raise UserError("this model was pruned (prune_intermediate_layers): it has features, not an output")
+
     def _check_feedback(self, feedback: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
         feedback = dict(feedback or {})
         if any(not 1 <= b <= self.num_encoder_blocks for b in feedback):

@@ -120,12 +120,7 @@ class DiffusersUNet(Backbone):
 
     def _embed(self, x: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
         """The time embedding, as the model's forward computes it, and the steps as a [N] tensor."""
-        if not isinstance(t, torch.Tensor) or t.device.type == "cpu":
-            t = self.diffusion.validate_timesteps(t)
-        t = t.to(x.device)
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        if t.shape != (x.shape[0],):
-            raise UserError(f"timesteps must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        t = self._batch_timesteps(t, x.shape[0], x.device)
         unet = self.unet
         if self._cross:
             emb = unet.time_embedding(unet.get_time_embed(sample=x, timestep=t), None)
@@ -196,10 +191,7 @@ class DiffusersUNet(Backbone):
         """Activations after the requested blocks b (see :meth:`difrep.models.ADMUNet.forward_intermediates`)."""
         blocks = self.validate_blocks(range(1, self.num_blocks + 1) if indices is None else indices)
         feedback = self._check_feedback(feedback)
-        if stop_early and not intermediates_only:
-            raise UserError("stop_early=True skips the output layer: use intermediates_only=True")
-        if self._pruned_after is not None and not intermediates_only:
-            raise UserError("this model was pruned (prune_intermediate_layers): it has features, not an output")
+        self._check_output_request(stop_early, intermediates_only)
         if x.shape[1:] != self.input_shape:
             raise UserError(f"inputs must be [N, {', '.join(map(str, self.input_shape))}], got {tuple(x.shape)}")
         n_enc = self.num_encoder_blocks

@@ -152,15 +152,6 @@ class DiT(Backbone):
     def _embedders(self) -> list[nn.Module]:
         return [block.norm1.emb for block in self.transformer.transformer_blocks]
 
-    def _steps(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        if not isinstance(t, torch.Tensor) or t.device.type == "cpu":
-            t = self.diffusion.validate_timesteps(t)
-        t = t.to(x.device)
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        if t.shape != (x.shape[0],):
-            raise UserError(f"timesteps must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
-        return t
-
     def _final_layer(self, h: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """DiT's final layer on the tokens, as diffusers' forward runs it (conditioned through block 1's embedder)."""
         tr = self.transformer
@@ -192,16 +183,13 @@ class DiT(Backbone):
         blocks = self.validate_blocks([i.index for i in self._blocks] if indices is None else indices)
         if feedback:
             raise UserError("DiT has no encoder-decoder skips to feed back into (DifFeed is for U-Nets)")
-        if stop_early and not intermediates_only:
-            raise UserError("stop_early=True skips the output layer: use intermediates_only=True")
-        if self._pruned_after is not None and not intermediates_only:
-            raise UserError("this model was pruned (prune_intermediate_layers): it has features, not an output")
+        self._check_output_request(stop_early, intermediates_only)
         p = self.patch_size
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-1] % p or x.shape[-2] % p:
             raise UserError(f"inputs must be [N, {self.in_channels}, H, W] with H and W multiples of {p} "
                             f"(this DiT's {self.input_shape[1]}x{self.input_shape[2]}), got {tuple(x.shape)}")
         rows, cols = x.shape[-2] // p, x.shape[-1] // p
-        t = self._steps(x, t)
+        t = self._batch_timesteps(t, x.shape[0], x.device)
         labels = torch.full((x.shape[0],), self.class_label, dtype=torch.long, device=x.device)
         last = max(blocks, default=0) if stop_early else self.num_blocks
         wanted, out = set(blocks), {}
