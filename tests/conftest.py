@@ -45,3 +45,16 @@ def unet_on(unet, device):
     import copy
 
     return copy.deepcopy(unet).to(device)
+
+
+@pytest.fixture(scope="session")
+def backbone_folders(tmp_path_factory):
+    """Tiny random-weight diffusers folders, written once: an ADM-shaped UNet2DModel pipeline (ddpm/), Stable
+    Diffusion (sd/) and a DiT pipeline (dit/)."""
+    from backbone_factories import save_dit_pipeline, save_sd_folder, save_unet2d_folder
+
+    root = tmp_path_factory.mktemp("backbones")
+    save_unet2d_folder(root / "ddpm")
+    save_sd_folder(root / "sd")
+    save_dit_pipeline(root / "dit")
+    return root

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-from backbone_factories import save_dit_pipeline, save_sd_folder, save_unet2d_folder
 from fakes import make_fashion_mnist
 
 from difrep.cli.main import main
@@ -25,26 +24,17 @@ def data(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("backbones")
-    save_unet2d_folder(root / "ddpm")
-    save_sd_folder(root / "sd")
-    save_dit_pipeline(root / "dit")
-    return root
-
-
-def _models(folders):
+def _models(backbone_folders):
     return {
         "timm": (["--model", "timm:resnet50", "--image_size", "32"], "2,4", None),
-        "diffusers": (["--model", f"diffusers:{folders / 'ddpm'}"], "19,24", "10,200"),
-        "sd": (["--model", f"sd:{folders / 'sd'}"], "paper:15,dift:1", "10,200"),
-        "dit": (["--model", f"diffusers:{folders / 'dit'}"], "2,final", "10,200"),
+        "diffusers": (["--model", f"diffusers:{backbone_folders / 'ddpm'}"], "19,24", "10,200"),
+        "sd": (["--model", f"sd:{backbone_folders / 'sd'}"], "paper:15,dift:1", "10,200"),
+        "dit": (["--model", f"diffusers:{backbone_folders / 'dit'}"], "2,final", "10,200"),
     }
 
 
-def test_info_prints_each_backbones_block_table(folders, capsys):
-    for family, (model, _, _) in _models(folders).items():
+def test_info_prints_each_backbones_block_table(backbone_folders, capsys):
+    for family, (model, _, _) in _models(backbone_folders).items():
         assert main(["info", model[1], *model[2:]]) == 0
         out = capsys.readouterr().out
         rows = [line for line in out.splitlines() if line.strip()[:2].strip().isdigit()]
@@ -55,10 +45,10 @@ def test_info_prints_each_backbones_block_table(folders, capsys):
     assert "embed = 0" in out and "final = 4" in out and "DiT" in out
 
 
-def test_sweep_knn_and_cka_across_backbones(data, folders, tmp_path, capsys):
+def test_sweep_knn_and_cka_across_backbones(data, backbone_folders, tmp_path, capsys):
     base = ["--data", "fashion-mnist", "--root", str(data), "--no-check", "--workers", "0", "--pool", "1",
             "--val-fraction", "0.25", "--solver", "lbfgs"]
-    for family, (model, blocks, timesteps) in _models(folders).items():
+    for family, (model, blocks, timesteps) in _models(backbone_folders).items():
         steps = ["--timesteps", timesteps] if timesteps else []
         assert main(["sweep", *model, *base, *steps, "--blocks", blocks, "--out", str(tmp_path / family)]) == 0
         rows = list(csv.DictReader((tmp_path / family / "sweep.csv").read_text().splitlines()))
@@ -80,7 +70,7 @@ def test_sweep_knn_and_cka_across_backbones(data, folders, tmp_path, capsys):
     assert sd_cache.manifest["model"]["config"]["type"] == "StableDiffusion"
     dit_cache = FeatureCache(tmp_path / "dit" / "cache-train")
     assert {k.b for k in dit_cache.keys} == {2, 4} and dit_cache.manifest["model"]["config"]["class_label"] == 10
-    dit_model = _models(folders)["dit"][0]
+    dit_model = _models(backbone_folders)["dit"][0]
     assert main(["extract", *dit_model, *base[:7], "--timesteps", "50", "--blocks", "embed,3", "--pool", "2",
                  "--out", str(tmp_path / "dit-extract")]) == 0
     extracted = FeatureCache(tmp_path / "dit-extract")
@@ -102,9 +92,10 @@ def test_sweep_knn_and_cka_across_backbones(data, folders, tmp_path, capsys):
     assert all(0 <= v <= 1 + 1e-6 for v in values) and len(set(values)) > 1
 
 
-def _sd_overrides(data, folders, out, **extra):
+def _train_overrides(data, out, model: str, flags: dict, **extra):
+    """A tiny `difrep train` on the fake Fashion-MNIST: 2 epochs of a small Attention head unless ``extra`` says."""
     overrides = {
-        "model.name": f"sd:{folders / 'sd'}", "model.flags": json.dumps({"learnable_text": True}),
+        "model.name": model, "model.flags": json.dumps(flags),
         "data.name": "fashion-mnist", "data.root": str(data), "data.check": "false", "data.workers": 0,
         "features.timesteps": "[100]", "features.blocks": "[16]", "head.name": "attention", "head.dim": 16,
         "head.depth": 1, "head.num_heads": 2, "optim.batch_size": 20, "optim.epochs": 2, "optim.eval_every": 2,
@@ -114,25 +105,29 @@ def _sd_overrides(data, folders, out, **extra):
     return [f"{k}={v}" for k, v in overrides.items()]
 
 
-def test_sd_learnable_text_trains_with_a_head_and_is_saved(data, folders, tmp_path):
-    metrics = train(load_config(None, _sd_overrides(data, folders, tmp_path)))
+def _sd_overrides(data, backbone_folders, out, **extra):
+    return _train_overrides(data, out, f"sd:{backbone_folders / 'sd'}", {"learnable_text": True}, **extra)
+
+
+def test_sd_learnable_text_trains_with_a_head_and_is_saved(data, backbone_folders, tmp_path):
+    metrics = train(load_config(None, _sd_overrides(data, backbone_folders, tmp_path)))
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     saved = [k for k in state["weights"] if k.startswith("model.")]
     assert saved == ["model.text_embedding"], "the frozen U-Net is not saved, the learnt text embedding is"
     from difrep import create_model
 
-    null = create_model(f"sd:{folders / 'sd'}").text_embedding
+    null = create_model(f"sd:{backbone_folders / 'sd'}").text_embedding
     assert not torch.allclose(state["weights"]["model.text_embedding"], null), "the text embedding was trained"
     again = evaluate_checkpoint(tmp_path / "last.pt")
     assert again["top1"] == pytest.approx(metrics["top1"]) and again["images"] == 40
 
 
-def test_sd_learnable_text_on_two_processes_equals_one_process(data, folders, tmp_path):
+def test_sd_learnable_text_on_two_processes_equals_one_process(data, backbone_folders, tmp_path):
     """DDP with a frozen U-Net and a trainable text embedding inside it: 2 processes of batch 4 take the
     steps of 1 process of batch 8."""
     common = {"optim.epochs": 1, "optim.name": "sgd", "optim.lr": 0.05, "data.per_class": 2}  # 20 images
-    train(load_config(None, _sd_overrides(data, folders, tmp_path / "one", **common, **{"optim.batch_size": 8})))
-    args = _sd_overrides(data, folders, tmp_path / "two", **common, **{"optim.batch_size": 4})
+    train(load_config(None, _sd_overrides(data, backbone_folders, tmp_path / "one", **common, **{"optim.batch_size": 8})))
+    args = _sd_overrides(data, backbone_folders, tmp_path / "two", **common, **{"optim.batch_size": 4})
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                            "-m", "difrep.cli.main", "train", *args],
                           capture_output=True, text=True, timeout=300, check=False)
@@ -140,49 +135,44 @@ def test_sd_learnable_text_on_two_processes_equals_one_process(data, folders, tm
     one, two = (torch.load(tmp_path / n / "last.pt", weights_only=True)["weights"] for n in ("one", "two"))
     from difrep import create_model
 
-    null = create_model(f"sd:{folders / 'sd'}").text_embedding
+    null = create_model(f"sd:{backbone_folders / 'sd'}").text_embedding
     step = (one["model.text_embedding"] - null).norm()
     gap = (two["model.text_embedding"] - one["model.text_embedding"]).norm()
     assert step > 0 and gap < 0.02 * step, f"2 processes differ by {gap:.2e}, the text moved {step:.2e}"
 
 
-def _dit_overrides(data, folders, out, **extra):
-    overrides = {
-        "model.name": f"diffusers:{folders / 'dit'}", "model.flags": json.dumps({"learnable_class": True}),
-        "data.name": "fashion-mnist", "data.root": str(data), "data.check": "false", "data.workers": 0,
-        "features.timesteps": "[100,300]", "features.blocks": "[1,2]", "head.name": "difformer", "head.dim": 16,
-        "head.depth": 1, "head.num_heads": 2, "optim.batch_size": 20, "optim.epochs": 2, "optim.eval_every": 2,
-        "optim.name": "adam", "optim.lr": 0.01, "run.out": str(out), "run.progress": "false",
-        "run.tensorboard": "false", **extra,
-    }
-    return [f"{k}={v}" for k, v in overrides.items()]
+def _dit_overrides(data, backbone_folders, out, **extra):
+    """DifFormer over DiT blocks 1 and 2 at t = 100 and 300, the class vectors learnt."""
+    fusion = {"features.timesteps": "[100,300]", "features.blocks": "[1,2]", "head.name": "difformer"}
+    return _train_overrides(data, out, f"diffusers:{backbone_folders / 'dit'}", {"learnable_class": True},
+                            **{**fusion, **extra})
 
 
-def test_dit_difformer_over_two_blocks_trains_the_learnable_class_and_difeed_is_refused(data, folders, tmp_path):
-    metrics = train(load_config(None, _dit_overrides(data, folders, tmp_path)))
+def test_dit_difformer_over_two_blocks_trains_the_learnable_class_and_difeed_is_refused(data, backbone_folders, tmp_path):
+    metrics = train(load_config(None, _dit_overrides(data, backbone_folders, tmp_path)))
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     saved = sorted(k for k in state["weights"] if k.startswith("model."))
     assert saved == [f"model.transformer.transformer_blocks.{i}.norm1.emb.class_embedder.vector" for i in (0, 1)], \
         "the frozen DiT is not saved; the class vectors of the blocks that ran are"
     from difrep import create_model
 
-    null = create_model(f"diffusers:{folders / 'dit'}", learnable_class=True).state_dict()
+    null = create_model(f"diffusers:{backbone_folders / 'dit'}", learnable_class=True).state_dict()
     assert not torch.allclose(state["weights"][saved[0]], null[saved[0].removeprefix("model.")]), "it was trained"
     again = evaluate_checkpoint(tmp_path / "last.pt")
     assert again["top1"] == pytest.approx(metrics["top1"]) and again["images"] == 40
-    refused = _dit_overrides(data, folders, tmp_path / "difeed", **{"head.name": "difeed", "features.blocks": "[2]",
+    refused = _dit_overrides(data, backbone_folders, tmp_path / "difeed", **{"head.name": "difeed", "features.blocks": "[2]",
                                                                     "features.timesteps": "[100]"})
     with pytest.raises(UserError, match="DifFeed feeds a diffusion U-Net's decoder features .* DiT has no decoder"):
         train(load_config(None, refused))
 
 
-def test_dit_learnable_class_on_two_processes_equals_one_process(data, folders, tmp_path):
+def test_dit_learnable_class_on_two_processes_equals_one_process(data, backbone_folders, tmp_path):
     """DDP with a frozen DiT and trainable class vectors inside it: 2 processes of batch 4 take the steps of 1
     process of batch 8."""
     common = {"optim.epochs": 1, "optim.name": "sgd", "optim.lr": 0.05, "data.per_class": 2, "head.name": "attention",
               "features.timesteps": "[100]", "features.blocks": "[2]"}
-    train(load_config(None, _dit_overrides(data, folders, tmp_path / "one", **common, **{"optim.batch_size": 8})))
-    args = _dit_overrides(data, folders, tmp_path / "two", **common, **{"optim.batch_size": 4})
+    train(load_config(None, _dit_overrides(data, backbone_folders, tmp_path / "one", **common, **{"optim.batch_size": 8})))
+    args = _dit_overrides(data, backbone_folders, tmp_path / "two", **common, **{"optim.batch_size": 4})
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                            "-m", "difrep.cli.main", "train", *args],
                           capture_output=True, text=True, timeout=300, check=False)
@@ -190,7 +180,7 @@ def test_dit_learnable_class_on_two_processes_equals_one_process(data, folders, 
     one, two = (torch.load(tmp_path / n / "last.pt", weights_only=True)["weights"] for n in ("one", "two"))
     from difrep import create_model
 
-    start = create_model(f"diffusers:{folders / 'dit'}", learnable_class=True).state_dict()
+    start = create_model(f"diffusers:{backbone_folders / 'dit'}", learnable_class=True).state_dict()
     vectors = [k for k in one if k.endswith("class_embedder.vector")]
     assert len(vectors) == 2, "blocks 1 and 2 ran: their class vectors trained"
     for key in vectors:

@@ -5,35 +5,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backbone_factories import save_dit_pipeline, save_sd_folder, save_unet2d_folder
 
 from difrep import create_model
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    save_unet2d_folder(root / "ddpm")
-    save_sd_folder(root / "sd")
-    save_dit_pipeline(root / "dit")
-    return root
-
-
-def _families(folders):
+def _families(backbone_folders):
     return {
         "adm": lambda: create_model("adm", image_size=16, num_channels=32, channel_mult="1,2", num_res_blocks=1,
                                     attention_resolutions="8", num_head_channels=16),
         "timm": lambda: create_model("timm:resnet18", image_size=32),
-        "diffusers": lambda: create_model(f"diffusers:{folders / 'ddpm'}"),
-        "sd": lambda: create_model(f"sd:{folders / 'sd'}"),
-        "dit": lambda: create_model(f"diffusers:{folders / 'dit'}", class_label=2),
+        "diffusers": lambda: create_model(f"diffusers:{backbone_folders / 'ddpm'}"),
+        "sd": lambda: create_model(f"sd:{backbone_folders / 'sd'}"),
+        "dit": lambda: create_model(f"diffusers:{backbone_folders / 'dit'}", class_label=2),
     }
 
 
 @pytest.mark.parametrize("family", ["adm", "timm", "diffusers", "sd", "dit"])
-def test_a_random_copy_has_the_blocks_new_weights_and_the_same_inputs(folders, family):
+def test_a_random_copy_has_the_blocks_new_weights_and_the_same_inputs(backbone_folders, family):
     torch.manual_seed(0)
-    trained = _families(folders)[family]()
+    trained = _families(backbone_folders)[family]()
     torch.manual_seed(1)
     copy = trained.random_copy()
     assert type(copy) is type(trained) and copy.feature_info == trained.feature_info
