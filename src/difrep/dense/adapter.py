@@ -24,11 +24,6 @@ from ..models import Backbone
 STRIDES = (4, 8, 16, 32)
 
 
-def size_multiple(backbone: Backbone) -> int:
-    """What the backbone's input sides must be a multiple of (:attr:`Backbone.size_multiple`)."""
-    return backbone.size_multiple
-
-
 def noisy_features(backbone: Backbone, images: torch.Tensor, t: int, noise: torch.Tensor | None,
                    blocks: Sequence[int], feedback: Feedback | None = None) -> dict[int, torch.Tensor]:
     """Blocks of ``backbone`` on ``images`` in [-1, 1] noised to step ``t`` with ``noise`` (None without t)."""
@@ -59,7 +54,7 @@ class DenseFeatures(nn.Module):
             raise UserError(f"features.blocks={list(blocks)}: give 1 block (all levels) or {len(STRIDES)} (one a level)")
         by_size = sorted(set(self.blocks), key=lambda b: -backbone.block_info(b).resolution)
         self.levels = by_size * len(STRIDES) if len(by_size) == 1 else by_size
-        coarsest = size_multiple(backbone)
+        coarsest = backbone.size_multiple
         if input_size < 1 or input_size % coarsest:  # a U-Net's skips must meet the upsampled maps exactly
             raise UserError(f"features.input_size={input_size}: use a positive multiple of {coarsest}, what this "
                             f"{type(backbone).__name__}'s input sides must be a multiple of")

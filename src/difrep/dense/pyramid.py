@@ -1,8 +1,8 @@
 """A detector backbone from one block: ViTDet's simple feature pyramid on backbone features at noise step t.
 
 The detector hands over its padded, normalised batch [N, 3, H, W] (values in [-1, 1]; H, W multiples of
-32). It is resized by ``input_size / detector_size`` (to multiples of the U-Net's coarsest reduction), noised
-to step t, and the chosen block is resampled to the stride-16 grid (H / 16, W / 16): ADM-256's b = 24 has
+32). It is resized by ``input_size / detector_size`` (to multiples of the backbone's ``size_multiple``: a
+U-Net's coarsest reduction, a DiT's patch), noised to step t, and the chosen block is resampled to the stride-16 grid (H / 16, W / 16): ADM-256's b = 24 has
 reduction 16, so with the U-Net at the detector's size no resampling happens at all. From that one map
 the pyramid builds strides 4, 8, 16, 32 (transposed convs, identity, max-pool; each then a 1x1 and a 3x3
 conv to ``out_channels`` with LayerNorm) and 64 (max-pooled), as ViTDet does for a plain ViT.
@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import Backbone
-from .adapter import noisy_features, size_multiple
+from .adapter import noisy_features
 
 SCALES = (4.0, 2.0, 1.0, 0.5)
 LEVEL_NAMES = ("p2", "p3", "p4", "p5", "p6")  # strides 4, 8, 16, 32, 64
@@ -78,10 +78,10 @@ class DetectionBackbone(nn.Module):
         self.backbone = backbone
         self.t = backbone.validate_timesteps([t])[0]
         [self.block] = backbone.validate_blocks([block])
-        self.multiple = size_multiple(backbone)
+        self.multiple = backbone.size_multiple
         if input_size < 1 or input_size % self.multiple:
-            raise UserError(f"features.input_size={input_size}: use a positive multiple of {self.multiple}, this "
-                            "U-Net's coarsest reduction")
+            raise UserError(f"features.input_size={input_size}: use a positive multiple of {self.multiple}, what this "
+                            f"{type(backbone).__name__}'s input sides must be a multiple of")
         if detector_size < 1 or detector_size % 32:
             raise UserError(f"data.size={detector_size}: use a positive multiple of 32 (the pyramid's coarsest stride)")
         self.input_size, self.detector_size, self.finetune = input_size, detector_size, finetune
