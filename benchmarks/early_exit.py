@@ -17,10 +17,14 @@ class against exiting after blocks 7, 14 (the middle) and 21, at ``--dit-batch``
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))  # the test suite's model factories
 
 
 def adm_model() -> torch.nn.Module:
@@ -44,15 +48,10 @@ def diffusers_model() -> torch.nn.Module:
 
 
 def dit_model() -> torch.nn.Module:
-    """DiT-XL/2 with a stand-in VAE (8x smaller, 4-channel latents, as SD's): only the transformer is timed."""
-    from diffusers import AutoencoderKL
+    """DiT-XL/2 on a stand-in VAE (8x smaller, 4-channel latents, as SD's): only the transformer is timed."""
+    from backbone_factories import dit_on_stand_in_vae
 
-    from difrep.diffusion import GaussianDiffusion
-    from difrep.models.dit import DiT, random_dit
-
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4)
-    return DiT(random_dit("XL"), GaussianDiffusion(), vae)
+    return dit_on_stand_in_vae(size="XL")
 
 
 def own_forward(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> tuple[Callable[[], torch.Tensor],
@@ -103,8 +102,8 @@ def main() -> None:
         blocks = len(model.feature_info)
         print(f"{name:34} {params:6.1f}M {blocks:>6} {'full forward':>12} {1000 * full:8.1f} {1.0:8.2f}x")
         for b in exits:
-            early = seconds(lambda b=b: model.forward_intermediates(x, t, [b], stop_early=True), args.repeats,
-                            args.device)
+            early = seconds(lambda b=b, m=model, x=x, t=t: m.forward_intermediates(x, t, [b], stop_early=True),
+                            args.repeats, args.device)
             print(f"{'':34} {'':>7} {'':>6} {b:>12} {1000 * early:8.1f} {full / early:8.2f}x")
         del model
 

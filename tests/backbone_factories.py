@@ -93,3 +93,16 @@ def save_dit_pipeline(root, sample_size: int = 8, depth: int = 3):
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     DiTPipeline(transformer=dit, vae=vae, scheduler=scheduler).save_pretrained(root)
     return dit, vae
+
+
+def dit_on_stand_in_vae(**shape):
+    """A DiT of ``random_dit``'s shapes (default DiT-XL/2 on 32x32x4 latents of 256-pixel images) on a tiny random
+    VAE with SD's factor 8 and 4 latent channels: for timing and shape checks, where the VAE does not matter."""
+    from diffusers import AutoencoderKL
+
+    from difrep.diffusion import GaussianDiffusion
+    from difrep.models.dit import DiT, random_dit
+
+    vae = AutoencoderKL(block_out_channels=(8,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4)
+    return DiT(random_dit(**shape), GaussianDiffusion(), vae)

@@ -169,16 +169,12 @@ def test_other_backbone_configs_follow_tables_15_and_10(name, tmp_path):
 
 def _check_dit_xl_config(cfg) -> None:
     """DiT-XL/2 at 256 pixels: the middle of its 28 blocks, 16 x 16 tokens of width 1152, the GD Attention protocol."""
-    from diffusers import AutoencoderKL
+    from backbone_factories import dit_on_stand_in_vae
 
-    from difrep.diffusion import GaussianDiffusion
-    from difrep.models.dit import DiT, random_dit
     from difrep.training.trainer import block_shapes, build_head
 
-    vae = AutoencoderKL(block_out_channels=(8,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4)
     with torch.device("meta"):
-        dit = DiT(random_dit("XL"), GaussianDiffusion(), vae)
+        dit = dit_on_stand_in_vae(size="XL")
     assert cfg.features.blocks == [dit.middle_block_index] == [14] and cfg.features.timesteps == [150]
     assert (dit.block_info(14).num_chs, dit.block_info(14).resolution, dit.image_size) == (1152, 16, 256)
     assert (cfg.data.name, cfg.optim.lr, cfg.optim.batch_size, cfg.optim.step_epochs) == ("imagenet", 0.05, 32, 7)

@@ -10,16 +10,11 @@ from .common import Setup, timed
 
 def _dit(setup: Setup) -> Any:
     import torch
-    from diffusers import AutoencoderKL
-
-    from difrep.diffusion import GaussianDiffusion
-    from difrep.models.dit import DiT, random_dit
+    from backbone_factories import dit_on_stand_in_vae
 
     torch.manual_seed(0)
     shape = {"size": "S", "depth": 4, "width": 64, "heads": 2, "sample_size": 8} if setup.small else {"size": "XL"}
-    vae = AutoencoderKL(block_out_channels=(8,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4)
-    return DiT(random_dit(**shape), GaussianDiffusion(), vae).eval().to(setup.dev)
+    return dit_on_stand_in_vae(**shape).eval().to(setup.dev)
 
 
 def check_dit(setup: Setup) -> dict[str, Any]:
